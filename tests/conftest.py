@@ -1,0 +1,82 @@
+"""Fixtures: a real daemon on a free port over a real database.
+
+Every test that takes ``database_url`` (or ``daemon``) runs once on SQLite and
+once on PostgreSQL. The PostgreSQL run needs ``EDITSTORE_TEST_POSTGRES`` to
+name a database of a server that lets this user create databases, e.g.
+``postgresql://postgres@127.0.0.1:5432/test``; each test gets a database of
+its own, dropped afterwards. Without the variable those runs are skipped,
+unless ``EDITSTORE_REQUIRE_POSTGRES=1`` is set, as CI does, and then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.daemon import Daemon, free_port
+
+POSTGRES_ENV = "EDITSTORE_TEST_POSTGRES"
+REQUIRE_POSTGRES_ENV = "EDITSTORE_REQUIRE_POSTGRES"
+REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def _postgres_admin_url() -> str | None:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_ENV} is not set")
+        return None
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """Create a fresh PostgreSQL database and return its URL."""
+    admin_url = _postgres_admin_url()
+    if admin_url is None:
+        pytest.skip(f"set {POSTGRES_ENV} to run the PostgreSQL tests")
+    import psycopg2
+
+    name = f"editstore_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        base, _, _ = admin_url.rpartition("/")
+        yield f"{base}/{name}"
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """Return the URL of an empty database, once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'editstore.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def daemon(database_url: str, tmp_path: pathlib.Path) -> Iterator[Daemon]:
+    """Start ``editstore serve`` on a free port and stop it after the test."""
+    process = Daemon(database_url, port=free_port(), log_path=tmp_path / "daemon.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def real_data() -> pathlib.Path:
+    """Return the folder of real input made outside this project."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
