@@ -1,0 +1,238 @@
+"""The daemon: the database, the writer, the watch hub and the gRPC server.
+
+``Daemon.start`` opens the database, checks its schema, starts the writer and
+serves; ``Daemon.stop`` drains: health turns NOT_SERVING, watches end with
+UNAVAILABLE, calls in flight get ``grace_seconds`` to finish, then the writer
+commits what it has and the database closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+import signal
+from typing import Any
+
+import grpc
+import peewee
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from editstore.server import database as database_module
+from editstore.server import migrate, pgnotify, requests, states
+from editstore.server.config import Settings
+from editstore.server.events import SessionDeleted
+from editstore.server.handlers import generic_handler
+from editstore.server.interceptors import BearerTokenInterceptor
+from editstore.server.readers import Readers
+from editstore.server.session_servicer import SessionServicer
+from editstore.server.state_servicer import StateServicer, StreamSlots
+from editstore.server.watch import StateHint, WatchHub
+from editstore.server.writer import Writer
+from editstore.v1 import session_pb2, state_pb2
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+    state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name,
+)
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Return the channel options of the server; clients should match them."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Two daemons must not share a port unnoticed.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    key = pathlib.Path(settings.tls_key).read_bytes()
+    chain = pathlib.Path(settings.tls_cert).read_bytes()
+    client_ca = (
+        pathlib.Path(settings.tls_client_ca).read_bytes()
+        if settings.tls_client_ca
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+class Daemon:
+    """One running editstore daemon."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._database: peewee.Database | None = None
+        self._server: grpc.aio.Server | None = None
+        self._writer: Writer | None = None
+        self._readers: Readers | None = None
+        self._listener: pgnotify.Listener | None = None
+        self._hub = WatchHub(settings.watch_buffer)
+        self._health = HealthServicer()
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open the database, check its schema and start serving.
+
+        Raises:
+            migrate.SchemaError: the schema is behind (without ``migrate``) or
+                ahead of the code.
+            RuntimeError: the address can not be bound.
+        """
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        database = database_module.open_database(
+            settings.database, settings.max_database_bytes
+        )
+        self._database = database
+        schema = await loop.run_in_executor(
+            None, self._prepare_schema, database, settings.migrate
+        )
+
+        def on_commit(events: list[Any]) -> None:
+            loop.call_soon_threadsafe(self._hub.publish, events)
+
+        self._writer = Writer(database, on_commit)
+        self._writer.start()
+        self._writer.submit(requests.prune(settings.request_id_retention_hours))
+        self._readers = Readers(database, settings.reader_threads)
+        if isinstance(database, peewee.PostgresqlDatabase):
+            self._start_listener(database, loop)
+
+        interceptors = []
+        if settings.auth_tokens:
+            interceptors.append(BearerTokenInterceptor(settings.auth_tokens))
+        server = grpc.aio.server(
+            options=server_options(settings), interceptors=interceptors
+        )
+        slots = StreamSlots(settings.max_streams)
+        limits = states.StateLimits(settings.max_document_bytes, settings.state_history)
+        session_service = SessionServicer(self._writer, self._readers)
+        state_service = StateServicer(
+            self._writer,
+            self._readers,
+            self._hub,
+            limits,
+            slots,
+            settings.heartbeat_seconds,
+        )
+        server.add_generic_rpc_handlers(
+            (
+                generic_handler(
+                    session_service,
+                    session_pb2.DESCRIPTOR.services_by_name["SessionService"],
+                ),
+                generic_handler(
+                    state_service, state_pb2.DESCRIPTOR.services_by_name["StateService"]
+                ),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        credentials = _credentials(settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(settings.listen)
+        else:
+            self.port = server.add_secure_port(settings.listen, credentials)
+        if self.port == 0:
+            raise RuntimeError(
+                f"can not listen on {settings.listen}: address in use or invalid"
+            )
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "editstore serving on %s (%s), database %s, schema version %d",
+            settings.listen,
+            "TLS" if credentials else "plaintext",
+            database_module.describe(settings.database),
+            schema.version,
+        )
+
+    @staticmethod
+    def _prepare_schema(
+        database: peewee.Database, allow_migrate: bool
+    ) -> migrate.SchemaStatus:
+        try:
+            return migrate.ensure_current(database, allow_migrate)
+        finally:
+            database.close()
+
+    def _start_listener(
+        self, database: peewee.PostgresqlDatabase, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        def on_payload(payload: dict[str, Any]) -> None:
+            session_id = str(payload.get("session_id", ""))
+            event: Any
+            if payload.get("deleted"):
+                event = SessionDeleted(session_id)
+            else:
+                event = StateHint(session_id, int(payload.get("version", 0)))
+            loop.call_soon_threadsafe(self._hub.publish, [event])
+
+        def connect() -> Any:
+            return database._connect()
+
+        self._listener = pgnotify.Listener(connect, on_payload)
+        self._listener.start()
+
+    async def wait(self) -> None:
+        """Wait until the daemon has stopped."""
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Drain and stop: see the module docstring."""
+        if self._stopped.is_set():
+            return
+        logger.info("stopping: %d watches open", self._hub.watcher_count)
+        await self._health.enter_graceful_shutdown()
+        self._hub.close()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_seconds)
+        if self._listener is not None:
+            self._listener.stop()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+        if self._readers is not None:
+            self._readers.close()
+        if self._database is not None and not self._database.is_closed():
+            self._database.close()
+        logger.info("stopped")
+        self._stopped.set()
+
+
+async def serve(settings: Settings) -> None:
+    """Run a daemon until SIGTERM or SIGINT, then drain and stop it."""
+    daemon = Daemon(settings)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop_requested.set)
+    await stop_requested.wait()
+    await daemon.stop()

@@ -1,0 +1,169 @@
+"""The ``editstore`` command: serve, migrate, health and replay.
+
+    editstore serve                      # SQLite in ./editstore-data, 127.0.0.1:50051
+    editstore serve --database postgresql://postgres@127.0.0.1/editstore --migrate
+    editstore migrate --database sqlite:///var/lib/editstore/editstore.db
+    editstore health --address 127.0.0.1:50051
+
+This is the only module that configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from editstore.server import config
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(args: argparse.Namespace) -> config.Settings | None:
+    try:
+        return config.from_arguments(args)
+    except ValueError as error:
+        print(f"editstore: {error}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from editstore.server import app, migrate
+
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        asyncio.run(app.serve(settings))
+    except migrate.SchemaError as error:
+        logger.error("%s", error)
+        return 3
+    except (RuntimeError, ValueError, OSError) as error:
+        logger.error("editstore failed to start: %s", error)
+        return 1
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from editstore.server import database, migrate
+
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        db = database.open_database(settings.database)
+        before = migrate.status(db)
+        applied = migrate.upgrade(db)
+        after = migrate.status(db)
+    except migrate.SchemaError as error:
+        logger.error("%s", error)
+        return 3
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    if applied:
+        print(
+            f"migrated {database.describe(settings.database)} from schema version "
+            f"{before.version} to {after.version}: {', '.join(applied)}"
+        )
+    else:
+        print(f"schema version {after.version} is current; nothing to apply")
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=args.timeout,
+            )
+    except grpc.RpcError as error:
+        print(f"editstore at {args.address}: {error.code().name}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"editstore at {args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from editstore.client import replay
+
+    _configure_logging(getattr(args, "log_level", None) or "warning")
+    return int(replay.run(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="editstore",
+        description="Storage daemon for AI image-editing agents.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Serve the gRPC API until SIGTERM or SIGINT.",
+    )
+    config.add_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    migrate_parser = commands.add_parser(
+        "migrate",
+        help="apply pending schema migrations",
+        description="Bring the database's schema up to this version of editstore.",
+    )
+    migrate_parser.add_argument(
+        "--database", default=None, help="database URL (env EDITSTORE_DATABASE)"
+    )
+    migrate_parser.add_argument("--log-level", default=None, help="log level")
+    migrate_parser.set_defaults(handler=_migrate)
+
+    health = commands.add_parser(
+        "health",
+        help="check that a daemon is serving",
+        description="Exit 0 when the daemon's health check says SERVING.",
+    )
+    health.add_argument("--address", default=config.DEFAULT_LISTEN, help="host:port")
+    health.add_argument("--service", default="", help="service name; empty: the daemon")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    health.set_defaults(handler=_health)
+
+    replay = commands.add_parser(
+        "replay",
+        help="drive a daemon with sessions made from real data and compare",
+        description="Store sessions built from real data, read them back, and "
+        "print what was sent, stored and equal.",
+    )
+    try:
+        from editstore.client import replay as replay_module
+    except ImportError:
+        replay_module = None
+    if replay_module is not None:
+        replay_module.add_arguments(replay)
+    replay.set_defaults(handler=_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``editstore`` command and return its exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

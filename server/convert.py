@@ -1,0 +1,276 @@
+"""Translation between protobuf messages and the rows of the storage layer."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from editstore.server.errors import InvalidArgument
+from editstore.server.events import StateChanged
+from editstore.v1 import session_pb2 as pb
+
+STATUS_TO_TEXT = {
+    pb.SESSION_STATUS_IN_PROGRESS: "in_progress",
+    pb.SESSION_STATUS_COMPLETED: "completed",
+    pb.SESSION_STATUS_FAILED: "failed",
+}
+TEXT_TO_STATUS = {text: number for number, text in STATUS_TO_TEXT.items()}
+FEEDBACK_TO_TEXT = {
+    pb.FEEDBACK_TYPE_ACCEPT: "accept",
+    pb.FEEDBACK_TYPE_REJECT: "reject",
+    pb.FEEDBACK_TYPE_PARTIAL: "partial",
+}
+TEXT_TO_FEEDBACK = {text: number for number, text in FEEDBACK_TO_TEXT.items()}
+UPDATABLE_SESSION_FIELDS = (
+    "image_path",
+    "naive_prompt",
+    "status",
+    "final_alignment_score",
+)
+Row = dict[str, Any]
+
+
+def _optional(message: Any, field: str) -> Any:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """Return a Timestamp for a naive UTC datetime, None for None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value.replace(tzinfo=datetime.UTC))
+    return result
+
+
+def to_datetime(field: str, value: timestamp_pb2.Timestamp) -> datetime.datetime:
+    """Return the naive UTC datetime of a Timestamp, or raise naming the field."""
+    try:
+        return value.ToDatetime(tzinfo=datetime.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} must be a time between years 1 and 9999, got "
+            f"{value.seconds} seconds and {value.nanos} nanoseconds"
+        ) from None
+
+
+def status_text(field: str, value: int) -> str | None:
+    """Return the stored status of an enum value; None for UNSPECIFIED."""
+    if value == pb.SESSION_STATUS_UNSPECIFIED:
+        return None
+    if value not in STATUS_TO_TEXT:
+        raise InvalidArgument(f"{field} must be a known SessionStatus, got {value}")
+    return STATUS_TO_TEXT[value]
+
+
+# Sessions
+
+
+def session_fields(message: pb.Session) -> Row:
+    return {
+        "image_path": message.image_path,
+        "naive_prompt": message.naive_prompt,
+        "status": status_text("session.status", message.status),
+        "final_alignment_score": _optional(message, "final_alignment_score"),
+    }
+
+
+def session_changes(message: pb.Session, paths: list[str]) -> Row:
+    """Return the fields named by an update mask, or raise for unknown ones."""
+    fields = session_fields(message)
+    if paths == ["*"]:
+        return fields
+    changes: Row = {}
+    for path in paths:
+        if path not in UPDATABLE_SESSION_FIELDS:
+            raise InvalidArgument(
+                f"update_mask names {path!r}, which can not be updated; use "
+                + ", ".join(UPDATABLE_SESSION_FIELDS)
+                + " or *"
+            )
+        changes[path] = fields[path]
+    return changes
+
+
+def session_message(row: Row) -> pb.Session:
+    message = pb.Session(
+        id=row["id"],
+        image_path=row["image_path"] or "",
+        naive_prompt=row["naive_prompt"] or "",
+        status=TEXT_TO_STATUS.get(row["status"], pb.SESSION_STATUS_UNSPECIFIED),
+        etag=row["etag"],
+    )
+    created = timestamp(row["created_at"])
+    if created is not None:
+        message.create_time.CopyFrom(created)
+    if row["final_alignment_score"] is not None:
+        message.final_alignment_score = row["final_alignment_score"]
+    return message
+
+
+# Records of a session
+
+
+def prompt_fields(message: pb.Prompt) -> Row:
+    return {
+        "iteration": message.iteration,
+        "positive_prompt": message.positive_prompt,
+        "negative_prompt": message.negative_prompt,
+        "quality_score": _optional(message, "quality_score"),
+    }
+
+
+def prompt_message(row: Row, session_id: str) -> pb.Prompt:
+    message = pb.Prompt(
+        id=row["id"],
+        session_id=session_id,
+        iteration=row["iteration"] or 0,
+        positive_prompt=row["positive_prompt"] or "",
+        negative_prompt=row["negative_prompt"] or "",
+    )
+    if row["quality_score"] is not None:
+        message.quality_score = row["quality_score"]
+    _set_time(message, row["created_at"])
+    return message
+
+
+def entity_fields(message: pb.Entity) -> Row:
+    box = None
+    if message.HasField("bbox"):
+        box = (message.bbox.x, message.bbox.y, message.bbox.width, message.bbox.height)
+    return {
+        "entity_id": message.entity_id,
+        "label": message.label,
+        "confidence": _optional(message, "confidence"),
+        "bbox": box,
+        "mask_path": message.mask_path,
+        "color_hex": message.color_hex,
+        "area_percent": _optional(message, "area_percent"),
+    }
+
+
+def entity_message(row: Row, session_id: str) -> pb.Entity:
+    message = pb.Entity(
+        id=row["id"],
+        session_id=session_id,
+        entity_id=row["entity_id"] or "",
+        label=row["label"] or "",
+        mask_path=row["mask_path"] or "",
+        color_hex=row["color_hex"] or "",
+    )
+    if row["confidence"] is not None:
+        message.confidence = row["confidence"]
+    if row["area_percent"] is not None:
+        message.area_percent = row["area_percent"]
+    box = _parse_box(row["bbox_json"])
+    if box is not None:
+        message.bbox.CopyFrom(box)
+    return message
+
+
+def _parse_box(text: str | None) -> pb.BoundingBox | None:
+    """Read a stored box; rows written by hand may hold other shapes."""
+    if not text:
+        return None
+    try:
+        values = json.loads(text)
+        if isinstance(values, dict):
+            values = [values.get(key, 0) for key in ("x", "y", "width", "height")]
+        x, y, width, height = (float(value) for value in values)
+    except (ValueError, TypeError):
+        return None
+    return pb.BoundingBox(x=x, y=y, width=width, height=height)
+
+
+def validation_fields(message: pb.Validation) -> Row:
+    return {
+        "attempt_number": message.attempt_number,
+        "alignment_score": _optional(message, "alignment_score"),
+        "preserved_count": message.preserved_count,
+        "modified_count": message.modified_count,
+        "unintended_count": message.unintended_count,
+        "user_feedback": message.user_feedback,
+    }
+
+
+def validation_message(row: Row, session_id: str) -> pb.Validation:
+    message = pb.Validation(
+        id=row["id"],
+        session_id=session_id,
+        attempt_number=row["attempt_number"] or 0,
+        preserved_count=row["preserved_count"] or 0,
+        modified_count=row["modified_count"] or 0,
+        unintended_count=row["unintended_count"] or 0,
+        user_feedback=row["user_feedback"] or "",
+    )
+    if row["alignment_score"] is not None:
+        message.alignment_score = row["alignment_score"]
+    _set_time(message, row["created_at"])
+    return message
+
+
+def feedback_fields(message: pb.UserFeedback) -> Row:
+    feedback_type = message.feedback_type
+    if (
+        feedback_type != pb.FEEDBACK_TYPE_UNSPECIFIED
+        and feedback_type not in FEEDBACK_TO_TEXT
+    ):
+        raise InvalidArgument(
+            "user_feedback.feedback_type must be a known FeedbackType, "
+            f"got {feedback_type}"
+        )
+    return {
+        "feedback_type": FEEDBACK_TO_TEXT.get(feedback_type),
+        "comments": message.comments,
+        "rating": _optional(message, "rating"),
+    }
+
+
+def feedback_message(row: Row, session_id: str) -> pb.UserFeedback:
+    message = pb.UserFeedback(
+        id=row["id"],
+        session_id=session_id,
+        feedback_type=TEXT_TO_FEEDBACK.get(row["feedback_type"], 0),
+        comments=row["comments"] or "",
+    )
+    if row["rating"] is not None:
+        message.rating = row["rating"]
+    _set_time(message, row["created_at"])
+    return message
+
+
+def _set_time(message: Any, value: datetime.datetime | None) -> None:
+    created = timestamp(value)
+    if created is not None:
+        message.create_time.CopyFrom(created)
+
+
+# State documents
+
+
+def state_message(
+    session_id: str, state: StateChanged | Row | None
+) -> pb.StateDocument:
+    """Return a StateDocument; version 0 and "{}" when there is none."""
+    if state is None:
+        return pb.StateDocument(session_id=session_id, version=0, document_json="{}")
+    if isinstance(state, StateChanged):
+        version, document, updated_at = state.version, state.document, state.updated_at
+    else:
+        version, document, updated_at = (
+            state["version"],
+            state["document"],
+            state["updated_at"],
+        )
+    message = pb.StateDocument(
+        session_id=session_id, version=version, document_json=document
+    )
+    stamp = timestamp(updated_at)
+    if stamp is not None:
+        message.update_time.CopyFrom(stamp)
+    return message

@@ -1,0 +1,138 @@
+"""Opening the database: SQLite in WAL mode by default, or PostgreSQL.
+
+Peewee gives each thread its own connection, so the writer thread and the
+reader threads never share one. On SQLite every transaction begins
+IMMEDIATE, which takes the write lock at BEGIN instead of at the first write,
+so a writer never fails half-way with SQLITE_BUSY; readers open read
+transactions with ``read_transaction``, which begins DEFERRED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+from editstore.server.models import database_proxy
+
+logger = logging.getLogger(__name__)
+
+SQLITE_PAGE_SIZE = 4096
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def is_postgres_url(url: str) -> bool:
+    """Return whether the URL names a PostgreSQL database."""
+    return urlparse(url).scheme in ("postgres", "postgresql")
+
+
+def sqlite_path(url: str) -> str | None:
+    """Return the file path of a SQLite URL or plain path; None otherwise."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if "://" in url:
+        return None
+    return url
+
+
+def describe(url: str) -> str:
+    """Return the URL without its password, for logs and errors."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def open_database(url: str, max_database_bytes: int = 0) -> peewee.Database:
+    """Open the database named by ``url`` and bind the models to it.
+
+    Args:
+        url: ``sqlite:///PATH``, a plain file path, or ``postgresql://...``.
+        max_database_bytes: quota of a SQLite file; writes past it fail with
+            "database or disk is full". 0 means no quota. Ignored for
+            PostgreSQL.
+
+    Raises:
+        ValueError: the URL names another kind of database.
+    """
+    path = sqlite_path(url)
+    database: peewee.Database
+    if path is not None:
+        if path != ":memory:":
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pragmas: list[tuple[str, object]] = [
+            ("journal_mode", "wal"),
+            ("synchronous", "full"),
+            ("foreign_keys", 1),
+            ("busy_timeout", SQLITE_BUSY_TIMEOUT_MS),
+        ]
+        if max_database_bytes:
+            pages = max(1, max_database_bytes // SQLITE_PAGE_SIZE)
+            pragmas.append(("max_page_count", pages))
+        database = peewee.SqliteDatabase(
+            path,
+            pragmas=pragmas,
+            lock_type="IMMEDIATE",
+            check_same_thread=False,
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        )
+    elif is_postgres_url(url):
+        database = connect_url(url)
+    else:
+        raise ValueError(
+            f"unsupported --database {describe(url)!r}: use sqlite:///PATH, "
+            "a file path, or postgresql://USER@HOST/DB"
+        )
+    database_proxy.initialize(database)
+    return database
+
+
+@contextlib.contextmanager
+def read_transaction(database: peewee.Database) -> Iterator[None]:
+    """Run the block in one read transaction that takes no write lock."""
+    if isinstance(database, peewee.SqliteDatabase):
+        with database.atomic("DEFERRED"):
+            yield
+    else:
+        with database.atomic():
+            yield
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Return whether a database error means the disk or quota is full."""
+    text = str(error).lower()
+    if "database or disk is full" in text or "no space left" in text:
+        return True
+    cause = getattr(error, "__cause__", None) or getattr(error, "orig", None)
+    if isinstance(cause, sqlite3.DatabaseError):
+        code = getattr(cause, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL
+    pgcode = getattr(cause, "pgcode", None)
+    return pgcode in ("53100", "53200", "54000")
+
+
+def is_busy(error: BaseException) -> bool:
+    """Return whether a database error is transient: locked, busy, or lost."""
+    text = str(error).lower()
+    transient = ("database is locked", "database is busy", "could not serialize")
+    if any(fragment in text for fragment in transient):
+        return True
+    if isinstance(error, peewee.InterfaceError | peewee.OperationalError):
+        return "connection" in text or "server closed" in text
+    return False
+
+
+def file_size(url: str) -> int | None:
+    """Return the size in bytes of a SQLite database file, or None."""
+    path = sqlite_path(url)
+    if path is None or not os.path.exists(path):
+        return None
+    return os.path.getsize(path)

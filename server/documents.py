@@ -1,0 +1,193 @@
+"""State documents: strict JSON parsing, merge patches and the state file rules.
+
+A document is stored as compact JSON text written by ``dump``. Python's json
+keeps integers as arbitrary-precision ints and writes floats with the shortest
+repr that reads back the same, so 9007199254740993 stays that integer, 3 stays
+3, 3.0 stays 3.0, and strings keep every character.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from editstore.server.errors import InvalidArgument, ResourceExhausted
+
+# Python refuses to convert longer digit strings to int, as a guard against
+# quadratic conversion time; such integers are rejected with a clear message.
+MAX_INTEGER_DIGITS = 4300
+
+STRING_FIELDS = (
+    "session_id",
+    "current_stage",
+    "image_path",
+    "naive_prompt",
+    "edited_image_path",
+)
+OBJECT_FIELDS = ("scene_analysis", "intent", "prompts", "validation")
+
+
+def parse_object(text: str, field: str) -> dict[str, Any]:
+    """Parse JSON text that must be an object.
+
+    Raises:
+        InvalidArgument: the text is not valid JSON, not an object, contains
+            NaN, Infinity, a duplicate key or an over-long integer.
+    """
+
+    def reject_constant(name: str) -> Any:
+        raise InvalidArgument(
+            f"{field} must not contain {name}: JSON has no such value"
+        )
+
+    def parse_float(literal: str) -> float:
+        value = float(literal)
+        if not math.isfinite(value):
+            raise InvalidArgument(
+                f"{field} contains the number {literal}, which is too large for "
+                "a 64-bit float"
+            )
+        return value
+
+    def parse_int(literal: str) -> int:
+        if len(literal.lstrip("-")) > MAX_INTEGER_DIGITS:
+            raise InvalidArgument(
+                f"{field} contains an integer of {len(literal)} digits; at most "
+                f"{MAX_INTEGER_DIGITS} are accepted"
+            )
+        return int(literal)
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise InvalidArgument(
+                    f"{field} has the key {key!r} twice in one object"
+                )
+            result[key] = value
+        return result
+
+    try:
+        value = json.loads(
+            text,
+            parse_constant=reject_constant,
+            parse_float=parse_float,
+            parse_int=parse_int,
+            object_pairs_hook=unique_keys,
+        )
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(
+            f"{field} is not valid JSON: {error.msg} at line {error.lineno} "
+            f"column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise InvalidArgument(f"{field} is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{field} must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def dump(document: dict[str, Any], field: str = "document_json") -> str:
+    """Serialize a document as compact JSON in its stored form.
+
+    Raises:
+        InvalidArgument: a string holds an unpaired surrogate, which has no
+            UTF-8 form.
+    """
+    try:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise InvalidArgument(f"{field} is nested too deeply") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"{field} contains an unpaired surrogate escape such as \\ud800, "
+            "which is not valid Unicode"
+        ) from None
+    return text
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7386) and return the result.
+
+    Members of the patch replace those of the target, null removes a member,
+    and objects merge recursively. The target is not changed.
+    """
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def check_size(text: str, limit: int) -> int:
+    """Return the size of stored text in bytes, or raise if over the limit."""
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise ResourceExhausted(
+            f"state document is {size} bytes as compact JSON, over the limit "
+            f"of {limit} bytes (--max-document-bytes)"
+        )
+    return size
+
+
+def check_state_fields(document: dict[str, Any], session_id: str) -> None:
+    """Check the fields of the state file that the specification names.
+
+    Raises:
+        InvalidArgument: naming the first field of the wrong type or value.
+    """
+    for name in STRING_FIELDS:
+        if name in document and not isinstance(document[name], str):
+            raise InvalidArgument(
+                f"state field {name} must be a string, got {_kind(document[name])}"
+            )
+    if "session_id" in document and document["session_id"] != session_id:
+        raise InvalidArgument(
+            f"state field session_id must be the session's id {session_id!r}, "
+            f"got {document['session_id']!r}"
+        )
+    for name in OBJECT_FIELDS:
+        if name in document and not isinstance(document[name], dict):
+            raise InvalidArgument(
+                f"state field {name} must be an object, got {_kind(document[name])}"
+            )
+    intent = document.get("intent", {})
+    if "confidence" in intent:
+        confidence = intent["confidence"]
+        if not _is_number(confidence) or not 0 <= confidence <= 1:
+            raise InvalidArgument(
+                "state field intent.confidence must be a number between 0 and 1, "
+                f"got {confidence!r}"
+            )
+    if "target_entities" in intent:
+        targets = intent["target_entities"]
+        if not isinstance(targets, list) or not all(
+            isinstance(item, str) for item in targets
+        ):
+            raise InvalidArgument(
+                "state field intent.target_entities must be an array of strings"
+            )
+    validation = document.get("validation", {})
+    if "score" in validation and not _is_number(validation["score"]):
+        raise InvalidArgument(
+            "state field validation.score must be a number, "
+            f"got {_kind(validation['score'])}"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")

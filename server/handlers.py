@@ -1,0 +1,134 @@
+"""Method handlers that turn every failure a client causes into its status code.
+
+grpcio answers a request it can not parse (bad wire format, invalid UTF-8 in a
+string field) with INTERNAL, and an exception that escapes a handler with
+UNKNOWN. The handlers built here take the request as bytes and parse it
+themselves, so such a request gets INVALID_ARGUMENT, and map each storage
+error to its code (``status.CODES``). Only a bug in the daemon is INTERNAL:
+it is logged with its traceback and the client is told no details.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf import symbol_database
+from google.protobuf.descriptor import ServiceDescriptor
+
+from editstore.server import errors
+from editstore.server.status import code_of
+
+logger = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+
+
+class _Parser:
+    """Parse raw request bytes, raising InvalidArgument on bad wire data."""
+
+    def __init__(self, message_class: type[protobuf_message.Message]) -> None:
+        self._class = message_class
+        self._name = message_class.DESCRIPTOR.name
+
+    def __call__(self, data: bytes) -> protobuf_message.Message:
+        try:
+            return self._class.FromString(data)
+        except protobuf_message.DecodeError as error:
+            raise errors.InvalidArgument(
+                f"request is not a valid {self._name}: {error}; string fields must "
+                "be valid UTF-8"
+            ) from None
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, method: str, error: BaseException
+) -> None:
+    if isinstance(error, errors.StoreError):
+        code = code_of(error)
+        logger.debug("%s failed with %s: %s", method, code.name, error)
+        await context.abort(code, str(error))
+    logger.exception("%s failed with an unexpected error", method)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "internal error; see the daemon's log"
+    )
+
+
+def _unary_unary(method: str, behavior: Behavior, parse: _Parser) -> Behavior:
+    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(parse(data), context)
+        except (errors.StoreError, Exception) as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await _abort(context, method, error)
+
+    return handle
+
+
+async def _parse_stream(
+    requests: AsyncIterator[bytes], parse: _Parser
+) -> AsyncIterator[protobuf_message.Message]:
+    async for data in requests:
+        yield parse(data)
+
+
+def _streaming(
+    method: str, behavior: Behavior, parse: _Parser, client_streams: bool
+) -> Behavior:
+    async def handle(
+        request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        started = time.monotonic()
+        try:
+            argument = (
+                _parse_stream(request, parse) if client_streams else parse(request)
+            )
+            async for response in behavior(argument, context):
+                yield response
+        except (errors.StoreError, Exception) as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await _abort(context, method, error)
+        finally:
+            logger.debug("%s ended after %.1f s", method, time.monotonic() - started)
+
+    return handle
+
+
+def generic_handler(
+    servicer: object, service: ServiceDescriptor
+) -> grpc.GenericRpcHandler:
+    """Return handlers for every method of ``service`` implemented by ``servicer``."""
+    database = symbol_database.Default()
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        behavior = getattr(servicer, method.name)
+        request_class = database.GetSymbol(method.input_type.full_name)
+        response_class = database.GetSymbol(method.output_type.full_name)
+        parse = _Parser(request_class)
+        serialize = response_class.SerializeToString
+        full_name = f"{service.full_name}/{method.name}"
+        if method.client_streaming and method.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(
+                _streaming(full_name, behavior, parse, True),
+                response_serializer=serialize,
+            )
+        elif method.server_streaming:
+            handler = grpc.unary_stream_rpc_method_handler(
+                _streaming(full_name, behavior, parse, False),
+                response_serializer=serialize,
+            )
+        elif method.client_streaming:
+            raise NotImplementedError(f"{full_name}: client streaming is not used")
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(
+                _unary_unary(full_name, behavior, parse),
+                response_serializer=serialize,
+            )
+        handlers[method.name] = handler
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

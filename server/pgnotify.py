@@ -1,0 +1,84 @@
+"""Changes made by other daemons on a shared PostgreSQL database.
+
+Every state change and session deletion sends ``NOTIFY editstore_state``
+inside its transaction, so the notification goes out only if it commits. Each
+daemon LISTENs on a connection of its own in a thread, and hands every
+notification to the watch hub, which reads the committed versions it has not
+yet sent from ``state_versions``. SQLite has one daemon per file and needs
+none of this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import peewee
+
+from editstore.server.models import Session
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "editstore_state"
+POLL_SECONDS = 1.0
+
+
+def notify(payload: dict[str, Any]) -> None:
+    """Send a notification in the current transaction; a no-op on SQLite."""
+    database = Session._meta.database.obj
+    if isinstance(database, peewee.PostgresqlDatabase):
+        database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload)))
+
+
+class Listener:
+    """Receive notifications on a thread and pass each payload to a callback."""
+
+    def __init__(
+        self, connect: Callable[[], Any], on_payload: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self._connect = connect
+        self._on_payload = on_payload
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, name="editstore-listen", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(POLL_SECONDS * 3)
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+            except Exception as error:
+                logger.warning("LISTEN connection failed (%s); reconnecting", error)
+                self._stopping.wait(POLL_SECONDS)
+
+    def _listen(self) -> None:
+        connection = self._connect()
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f"LISTEN {CHANNEL}")
+            logger.info("listening for changes of other daemons")
+            while not self._stopping.is_set():
+                readable, _, _ = select.select([connection], [], [], POLL_SECONDS)
+                if not readable:
+                    continue
+                connection.poll()
+                while connection.notifies:
+                    message = connection.notifies.pop(0)
+                    try:
+                        self._on_payload(json.loads(message.payload))
+                    except Exception:
+                        logger.exception("notification %r failed", message.payload)
+        finally:
+            connection.close()

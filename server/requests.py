@@ -1,0 +1,88 @@
+"""Request ids: a create that arrives twice is applied once.
+
+A write that carries a request id stores its result next to the id in the same
+transaction. When the same id arrives again, the stored result is returned and
+nothing is written, so the client gets the same answer both times. The id is
+remembered for ``--request-id-retention-hours``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from editstore.server.errors import AlreadyExists
+from editstore.server.models import RequestRecord, utc_now
+
+T = TypeVar("T")
+
+_DATETIME_KEY = "$datetime"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return {_DATETIME_KEY: value.isoformat()}
+    raise TypeError(f"cannot store {type(value).__name__} in a request record")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and _DATETIME_KEY in obj:
+        return datetime.datetime.fromisoformat(obj[_DATETIME_KEY])
+    return obj
+
+
+def fingerprint(method: str, payload: Any) -> str:
+    """Return a digest of a request's content, without its request id."""
+    text = json.dumps([method, payload], sort_keys=True, default=_encode)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def once(
+    method: str,
+    request_id: str,
+    payload: Any,
+    operation: Callable[[list[Any]], T],
+) -> Callable[[list[Any]], T]:
+    """Wrap a write operation so that its request id applies it only once.
+
+    Raises (from the returned operation):
+        AlreadyExists: the request id was used by a different request.
+    """
+    if not request_id:
+        return operation
+    digest = fingerprint(method, payload)
+
+    def run_once(events: list[Any]) -> T:
+        record = RequestRecord.get_or_none(RequestRecord.request_id == request_id)
+        if record is not None:
+            if record.method != method or record.fingerprint != digest:
+                raise AlreadyExists(
+                    f"request_id {request_id} was already used by a different "
+                    f"{record.method} request; use a new UUID for a new request"
+                )
+            result: T = json.loads(record.response, object_hook=_decode)
+            return result
+        result = operation(events)
+        RequestRecord.create(
+            request_id=request_id,
+            method=method,
+            fingerprint=digest,
+            response=json.dumps(result, default=_encode),
+        )
+        return result
+
+    return run_once
+
+
+def prune(retention_hours: float) -> Callable[[list[Any]], int]:
+    """Return a write operation that forgets request ids older than retention."""
+
+    def run(events: list[Any]) -> int:
+        cutoff = utc_now() - datetime.timedelta(hours=retention_hours)
+        query = RequestRecord.delete().where(RequestRecord.created_at < cutoff)
+        return int(query.execute())
+
+    return run

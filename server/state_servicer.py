@@ -1,0 +1,327 @@
+"""StateService: state documents, the update stream and watches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from editstore.server import convert, errors, states
+from editstore.server.events import SessionDeleted, StateChanged
+from editstore.server.readers import Readers
+from editstore.server.status import code_of
+from editstore.server.watch import Watcher, WatchHub
+from editstore.server.writer import Writer
+from editstore.v1 import session_pb2, state_pb2
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext
+# Updates read from a stream but not yet acknowledged; the stream stops reading
+# when this many are in flight, which bounds its memory.
+MAX_UPDATES_IN_FLIGHT = 1024
+
+
+class StreamSlots:
+    """Count the long-lived streams, refusing new ones over the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    @contextlib.contextmanager
+    def hold(self, method: str) -> Iterator[None]:
+        if self.open >= self.limit:
+            raise errors.ResourceExhausted(
+                f"{method}: the daemon has {self.open} streams open, its limit "
+                "(--max-streams); retry later or close other streams"
+            )
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+
+def _optional(message: Any, field: str) -> int | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+class StateServicer:
+    """The methods of editstore.v1.StateService."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        readers: Readers,
+        hub: WatchHub,
+        limits: states.StateLimits,
+        slots: StreamSlots,
+        heartbeat_seconds: float,
+    ) -> None:
+        self._writer = writer
+        self._readers = readers
+        self._hub = hub
+        self._limits = limits
+        self._slots = slots
+        self._heartbeat = heartbeat_seconds
+
+    async def GetState(
+        self, request: state_pb2.GetStateRequest, context: Context
+    ) -> session_pb2.StateDocument:
+        state = await self._readers.run(states.get_state, request.session_id)
+        return convert.state_message(request.session_id, state)
+
+    async def PutState(
+        self, request: state_pb2.PutStateRequest, context: Context
+    ) -> session_pb2.StateDocument:
+        operation = states.put_state(
+            request.session_id,
+            request.document_json,
+            _optional(request, "expected_version"),
+            request.request_id,
+            self._limits,
+        )
+        result = await self._writer.run(operation)
+        return convert.state_message(request.session_id, result)
+
+    async def PatchState(
+        self, request: state_pb2.PatchStateRequest, context: Context
+    ) -> session_pb2.StateDocument:
+        operation = states.patch_state(
+            request.session_id,
+            request.merge_patch_json,
+            _optional(request, "expected_version"),
+            request.request_id,
+            self._limits,
+        )
+        result = await self._writer.run(operation)
+        return convert.state_message(request.session_id, result)
+
+    async def ListStateVersions(
+        self, request: state_pb2.ListStateVersionsRequest, context: Context
+    ) -> state_pb2.ListStateVersionsResponse:
+        versions, oldest = await self._readers.run(
+            states.list_versions,
+            request.session_id,
+            request.after_version,
+            request.page_size,
+        )
+        return state_pb2.ListStateVersionsResponse(
+            versions=[convert.state_message(request.session_id, v) for v in versions],
+            oldest_kept_version=oldest,
+        )
+
+    # The update stream
+
+    def _start_update(
+        self, update: state_pb2.StreamStateUpdatesRequest
+    ) -> asyncio.Future[Any]:
+        """Queue one update on the writer; the future fails with its error."""
+        expected = _optional(update, "expected_version")
+        change = update.WhichOneof("change")
+        try:
+            if change == "document_json":
+                operation = states.put_state(
+                    update.session_id,
+                    update.document_json,
+                    expected,
+                    update.request_id,
+                    self._limits,
+                )
+            elif change == "merge_patch_json":
+                operation = states.patch_state(
+                    update.session_id,
+                    update.merge_patch_json,
+                    expected,
+                    update.request_id,
+                    self._limits,
+                )
+            else:
+                raise errors.InvalidArgument(
+                    "change is required: set document_json or merge_patch_json"
+                )
+            return self._writer.enqueue(operation)
+        except errors.StoreError as error:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(error)
+            return future
+
+    async def StreamStateUpdates(
+        self,
+        requests: AsyncIterator[state_pb2.StreamStateUpdatesRequest],
+        context: Context,
+    ) -> AsyncIterator[state_pb2.StreamStateUpdatesResponse]:
+        with self._slots.hold("StreamStateUpdates"):
+            pending: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = (
+                asyncio.Queue(MAX_UPDATES_IN_FLIGHT)
+            )
+            reader = asyncio.create_task(self._read_updates(requests, pending))
+            try:
+                while True:
+                    item = await pending.get()
+                    if item is None:
+                        break
+                    sequence, future = item
+                    yield await self._acknowledge(sequence, future)
+                await reader
+            finally:
+                reader.cancel()
+
+    async def _read_updates(
+        self,
+        requests: AsyncIterator[state_pb2.StreamStateUpdatesRequest],
+        pending: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+    ) -> None:
+        try:
+            async for update in requests:
+                await pending.put((update.sequence, self._start_update(update)))
+        finally:
+            await pending.put(None)
+
+    @staticmethod
+    async def _acknowledge(
+        sequence: int, future: asyncio.Future[Any]
+    ) -> state_pb2.StreamStateUpdatesResponse:
+        try:
+            result = await future
+        except errors.StoreError as error:
+            return state_pb2.StreamStateUpdatesResponse(
+                sequence=sequence, code=code_of(error).value[0], message=str(error)
+            )
+        return state_pb2.StreamStateUpdatesResponse(
+            sequence=sequence, version=result["version"]
+        )
+
+    # Watches
+
+    async def WatchState(
+        self, request: state_pb2.WatchStateRequest, context: Context
+    ) -> AsyncIterator[state_pb2.WatchStateResponse]:
+        session_id = request.session_id
+        if request.from_version < 0:
+            raise errors.InvalidArgument(
+                f"from_version must not be negative, got {request.from_version}"
+            )
+        with self._slots.hold("WatchState"):
+            watcher = self._hub.subscribe(session_id)
+            try:
+                async for event in self._watch(watcher, request.from_version):
+                    yield event
+            finally:
+                self._hub.unsubscribe(watcher)
+            if watcher.closed:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the daemon is shutting down; reconnect with the last version seen",
+                )
+
+    async def _watch(
+        self, watcher: Watcher, from_version: int
+    ) -> AsyncIterator[state_pb2.WatchStateResponse]:
+        session_id = watcher.session_id
+        # Subscribed first, read second: a change committed in between is in
+        # both, and is sent once because versions at or below `last` are skipped.
+        current = await self._readers.run(states.get_state, session_id)
+        current_version = 0 if current is None else current.version
+        if from_version > current_version:
+            raise errors.InvalidArgument(
+                f"from_version {from_version} is ahead of the current version "
+                f"{current_version} of session {session_id}"
+            )
+        if from_version == 0:
+            yield self._snapshot(session_id, current)
+            last = current_version
+        else:
+            last = from_version
+            async for event in self._catch_up(session_id, last, current):
+                last = max(last, event.state.version)
+                yield event
+        while True:
+            if not await watcher.wait(self._heartbeat):
+                yield state_pb2.WatchStateResponse(
+                    type=state_pb2.WATCH_EVENT_TYPE_HEARTBEAT
+                )
+                continue
+            if watcher.closed:
+                return
+            if watcher.lagged:
+                watcher.lagged = False
+                try:
+                    latest = await self._readers.run(states.get_state, session_id)
+                except errors.NotFound:
+                    yield state_pb2.WatchStateResponse(
+                        type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                    )
+                    return
+                if latest is not None and latest.version > last:
+                    yield self._snapshot(session_id, latest)
+                    last = latest.version
+                continue
+            while watcher.events:
+                event = watcher.events.popleft()
+                if isinstance(event, SessionDeleted):
+                    yield state_pb2.WatchStateResponse(
+                        type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                    )
+                    return
+                if event.version <= last:
+                    continue
+                if isinstance(event, StateChanged) and event.version == last + 1:
+                    yield self._change(event)
+                    last = event.version
+                    continue
+                # A version made by another daemon, or a gap: read the
+                # committed versions after `last` from the database.
+                async for response in self._catch_up(session_id, last, None):
+                    last = max(last, response.state.version)
+                    yield response
+
+    async def _catch_up(
+        self, session_id: str, after: int, current: StateChanged | None
+    ) -> AsyncIterator[state_pb2.WatchStateResponse]:
+        """Send the kept versions after ``after``, or HISTORY_LOST and a snapshot."""
+        versions, oldest = await self._readers.run(
+            states.list_versions, session_id, after, states.MAX_VERSIONS_PAGE
+        )
+        if (
+            versions
+            and versions[0].version != after + 1
+            or (not versions and current is not None and current.version > after)
+        ):
+            yield state_pb2.WatchStateResponse(
+                type=state_pb2.WATCH_EVENT_TYPE_HISTORY_LOST
+            )
+            latest = await self._readers.run(states.get_state, session_id)
+            yield self._snapshot(session_id, latest)
+            return
+        while versions:
+            for version in versions:
+                yield self._change(version)
+            after = versions[-1].version
+            if len(versions) < states.MAX_VERSIONS_PAGE:
+                return
+            versions, _ = await self._readers.run(
+                states.list_versions, session_id, after, states.MAX_VERSIONS_PAGE
+            )
+
+    @staticmethod
+    def _snapshot(
+        session_id: str, state: StateChanged | None
+    ) -> state_pb2.WatchStateResponse:
+        return state_pb2.WatchStateResponse(
+            type=state_pb2.WATCH_EVENT_TYPE_SNAPSHOT,
+            state=convert.state_message(session_id, state),
+        )
+
+    @staticmethod
+    def _change(event: StateChanged) -> state_pb2.WatchStateResponse:
+        return state_pb2.WatchStateResponse(
+            type=state_pb2.WATCH_EVENT_TYPE_CHANGE,
+            state=convert.state_message(event.session_id, event),
+            merge_patch_json=event.merge_patch or "",
+        )

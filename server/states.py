@@ -1,0 +1,190 @@
+"""State documents: versioned puts and merge patches, and their kept history.
+
+Every change gives the document the next version and stores it twice: as the
+current document in ``session_states`` and as a row of ``state_versions``,
+of which the last ``state_history`` of each session are kept. On PostgreSQL
+the change is also announced with NOTIFY (see ``pgnotify``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import peewee
+
+from editstore.server import documents, records, requests, validation
+from editstore.server.errors import Conflict, InvalidArgument, NotFound
+from editstore.server.events import StateChanged
+from editstore.server.models import Session, SessionState, StateVersion, utc_now
+from editstore.server.pgnotify import notify
+
+DEFAULT_VERSIONS_PAGE = 100
+MAX_VERSIONS_PAGE = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLimits:
+    """The settings that bound state documents."""
+
+    max_document_bytes: int
+    state_history: int
+
+
+def get_state(session_id: str) -> StateChanged | None:
+    """Return the current document of a session, None if none was written."""
+    validation.identifier("session_id", session_id)
+    state = SessionState.get_or_none(SessionState.session == session_id)
+    if state is None:
+        if Session.get_or_none(Session.id == session_id) is None:
+            raise NotFound(f"session {session_id} not found")
+        return None
+    return StateChanged(
+        session_id, state.version, state.document, None, state.updated_at
+    )
+
+
+def list_versions(
+    session_id: str, after_version: int, page_size: int
+) -> tuple[list[StateChanged], int]:
+    """Return kept versions after ``after_version``, oldest first, and the
+    oldest kept version (0 when there is none)."""
+    validation.identifier("session_id", session_id)
+    if after_version < 0:
+        raise InvalidArgument(
+            f"after_version must not be negative, got {after_version}"
+        )
+    if page_size < 0 or page_size > MAX_VERSIONS_PAGE:
+        raise InvalidArgument(
+            f"page_size must be between 0 and {MAX_VERSIONS_PAGE}, got {page_size}"
+        )
+    if Session.get_or_none(Session.id == session_id) is None:
+        raise NotFound(f"session {session_id} not found")
+    query = (
+        StateVersion.select()
+        .where(
+            (StateVersion.session == session_id)
+            & (StateVersion.version > after_version)
+        )
+        .order_by(StateVersion.version)
+        .limit(page_size or DEFAULT_VERSIONS_PAGE)
+    )
+    versions = [
+        StateChanged(
+            session_id, row.version, row.document, row.merge_patch, row.created_at
+        )
+        for row in query
+    ]
+    oldest = (
+        StateVersion.select(peewee.fn.MIN(StateVersion.version))
+        .where(StateVersion.session == session_id)
+        .scalar()
+    )
+    return versions, int(oldest or 0)
+
+
+def _check_expected(field: str, expected_version: int | None) -> None:
+    if expected_version is not None and expected_version < 0:
+        raise InvalidArgument(f"{field} must not be negative, got {expected_version}")
+
+
+def put_state(
+    session_id: str,
+    document_json: str,
+    expected_version: int | None,
+    request_id: str,
+    limits: StateLimits,
+) -> records.Operation:
+    """Return the operation that replaces a session's document."""
+    validation.identifier("session_id", session_id)
+    validation.request_id(request_id)
+    _check_expected("expected_version", expected_version)
+    document = documents.parse_object(document_json, "document_json")
+    documents.check_state_fields(document, session_id)
+    text = documents.dump(document)
+    documents.check_size(text, limits.max_document_bytes)
+
+    def operation(events: list[Any]) -> dict[str, Any]:
+        return _write(
+            session_id, expected_version, lambda current: text, None, limits, events
+        )
+
+    payload = {"session_id": session_id, "document": text, "expected": expected_version}
+    return requests.once("PutState", request_id, payload, operation)
+
+
+def patch_state(
+    session_id: str,
+    merge_patch_json: str,
+    expected_version: int | None,
+    request_id: str,
+    limits: StateLimits,
+) -> records.Operation:
+    """Return the operation that applies a JSON merge patch to a document."""
+    validation.identifier("session_id", session_id)
+    validation.request_id(request_id)
+    _check_expected("expected_version", expected_version)
+    patch = documents.parse_object(merge_patch_json, "merge_patch_json")
+    patch_text = documents.dump(patch, "merge_patch_json")
+
+    def apply(current: str) -> str:
+        document = documents.merge_patch(json.loads(current), patch)
+        documents.check_state_fields(document, session_id)
+        text = documents.dump(document)
+        documents.check_size(text, limits.max_document_bytes)
+        return text
+
+    def operation(events: list[Any]) -> dict[str, Any]:
+        return _write(session_id, expected_version, apply, patch_text, limits, events)
+
+    payload = {
+        "session_id": session_id,
+        "patch": patch_text,
+        "expected": expected_version,
+    }
+    return requests.once("PatchState", request_id, payload, operation)
+
+
+def _write(
+    session_id: str,
+    expected_version: int | None,
+    make_document: Any,
+    patch_text: str | None,
+    limits: StateLimits,
+    events: list[Any],
+) -> dict[str, Any]:
+    records._lock_session(session_id)
+    state = SessionState.get_or_none(SessionState.session == session_id)
+    current_version = 0 if state is None else state.version
+    if expected_version is not None and expected_version != current_version:
+        raise Conflict(
+            f"state of session {session_id} is at version {current_version}, "
+            f"but the request expected version {expected_version}"
+        )
+    text = make_document("{}" if state is None else state.document)
+    version = current_version + 1
+    now = utc_now()
+    if state is None:
+        SessionState.create(
+            session=session_id, version=version, document=text, updated_at=now
+        )
+    else:
+        SessionState.update(version=version, document=text, updated_at=now).where(
+            SessionState.session == session_id
+        ).execute()
+    StateVersion.create(
+        session=session_id,
+        version=version,
+        document=text,
+        merge_patch=patch_text,
+        created_at=now,
+    )
+    if version > limits.state_history:
+        StateVersion.delete().where(
+            (StateVersion.session == session_id)
+            & (StateVersion.version <= version - limits.state_history)
+        ).execute()
+    events.append(StateChanged(session_id, version, text, patch_text, now))
+    notify({"session_id": session_id, "version": version})
+    return {"version": version, "document": text, "updated_at": now}

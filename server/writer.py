@@ -1,0 +1,227 @@
+"""The write path: one writer thread that commits waiting writes together.
+
+SQLite allows one writer at a time and each commit costs a disk flush, so
+every write of the process goes through ``Writer``. Its thread takes all
+requests that are waiting, runs them in one transaction (each inside its own
+savepoint, so that one bad request fails alone), commits once, and only then
+answers the callers: group commit. A caller's result is never seen before its
+write is durable.
+
+An operation is a function ``operation(events) -> result`` run on the writer
+thread inside the transaction. It may append events to ``events``; they reach
+``on_commit`` after the commit, and are dropped if the operation fails.
+
+Callers on an asyncio loop ``await writer.run(operation)``; the writer wakes
+all callers of one loop with a single ``call_soon_threadsafe`` per batch,
+because thread hand-offs, not the disk, are what cost the most here. Callers
+on other threads use ``writer.submit(operation).result()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import peewee
+
+from editstore.server import errors
+from editstore.server.database import is_busy, is_disk_full
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Operation = Callable[[list[Any]], T]
+MAX_BATCH = 512
+
+
+class _Request:
+    __slots__ = ("operation", "loop", "future")
+
+    def __init__(
+        self,
+        operation: Operation[Any],
+        loop: asyncio.AbstractEventLoop | None,
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    ) -> None:
+        self.operation = operation
+        self.loop = loop
+        self.future = future
+
+
+def translate_database_error(error: peewee.DatabaseError) -> errors.StoreError:
+    """Map a database error to the store error a client can act on."""
+    if isinstance(error, peewee.IntegrityError):
+        text = str(error).lower()
+        if "foreign key" in text:
+            return errors.NotFound("the session does not exist")
+        if "unique" in text or "duplicate" in text:
+            return errors.AlreadyExists(f"a unique value is already used: {error}")
+        return errors.InvalidArgument(f"a value breaks a constraint: {error}")
+    if is_disk_full(error):
+        return errors.ResourceExhausted(
+            "the database is full: its disk or its quota (--max-database-bytes) "
+            "has no room left; free space or raise the quota"
+        )
+    if is_busy(error):
+        return errors.Unavailable(f"the database is busy, retry: {error}")
+    return errors.Unavailable(f"the database failed, retry: {error}")
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class Writer:
+    """Run every write of the process in group-committed transactions."""
+
+    def __init__(
+        self,
+        database: peewee.Database,
+        on_commit: Callable[[list[Any]], None] | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._database = database
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._queue: list[_Request] = []
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._serve, name="editstore-writer", daemon=True
+        )
+        self.batches = 0
+        self.writes = 0
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Commit what is queued, then stop the thread and close its connection."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    async def run(self, operation: Operation[T]) -> T:
+        """Queue an operation and return its result once it is committed."""
+        return await self.enqueue(operation)
+
+    def enqueue(self, operation: Operation[T]) -> asyncio.Future[T]:
+        """Queue an operation from the event loop without waiting for it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._enqueue(_Request(operation, loop, future))
+        return future
+
+    def submit(self, operation: Operation[T]) -> concurrent.futures.Future[T]:
+        """Queue an operation from any thread; the future resolves after commit."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._enqueue(_Request(operation, None, future))
+        return future
+
+    def _enqueue(self, request: _Request) -> None:
+        with self._condition:
+            if self._stopping:
+                raise errors.Unavailable("the daemon is stopping; retry on another")
+            self._queue.append(request)
+            if len(self._queue) == 1:
+                self._condition.notify()
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                with self._condition:
+                    while not self._queue and not self._stopping:
+                        self._condition.wait()
+                    if not self._queue:
+                        return
+                    batch = self._queue[: self._max_batch]
+                    del self._queue[: self._max_batch]
+                self._run_batch(batch)
+        finally:
+            if not self._database.is_closed():
+                self._database.close()
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            outcomes, events = self._commit(batch)
+        except peewee.DatabaseError as error:
+            if len(batch) > 1:
+                # The transaction failed as a whole (a full disk, a lost
+                # connection): retry each write alone so that only the
+                # writes that cannot commit fail.
+                logger.warning(
+                    "batch of %d writes failed (%s); retrying each alone",
+                    len(batch),
+                    error,
+                )
+                for request in batch:
+                    self._run_batch([request])
+                return
+            logger.warning("write failed: %s", error)
+            outcomes, events = [(False, translate_database_error(error))], []
+        self.batches += 1
+        self.writes += len(batch)
+        self._deliver(batch, outcomes)
+        if events and self._on_commit is not None:
+            try:
+                self._on_commit(events)
+            except Exception:
+                logger.exception("handing %d committed events on failed", len(events))
+
+    def _commit(
+        self, batch: list[_Request]
+    ) -> tuple[list[tuple[bool, Any]], list[Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        events: list[Any] = []
+        database = self._database
+        with database.atomic():
+            for request in batch:
+                mark = len(events)
+                try:
+                    with database.savepoint():
+                        result = request.operation(events)
+                    outcomes.append((True, result))
+                except errors.StoreError as error:
+                    del events[mark:]
+                    outcomes.append((False, error))
+                except peewee.IntegrityError as error:
+                    del events[mark:]
+                    outcomes.append((False, translate_database_error(error)))
+                except peewee.DatabaseError:
+                    raise
+                except Exception as error:
+                    logger.exception("write operation failed")
+                    del events[mark:]
+                    outcomes.append((False, error))
+        return outcomes, events
+
+    def _deliver(self, batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for request, (ok, value) in zip(batch, outcomes, strict=True):
+            if request.loop is None:
+                future = request.future
+                assert isinstance(future, concurrent.futures.Future)
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            else:
+                by_loop.setdefault(request.loop, []).append((request.future, ok, value))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:
+                logger.warning("event loop closed; %d callers not answered", len(items))
