@@ -1,0 +1,582 @@
+"""The synchronous client: one method per method of both services.
+
+Example::
+
+    from editstore.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        session = client.create_session("/photos/1.jpg", "make the sky dramatic")
+        client.patch_state(session.id, {"current_stage": "analysis"})
+        print(client.get_state(session.id).document)
+
+Every call has a deadline (``timeout``, 10 s unless set). Reads, and writes
+that carry a request id, are retried after UNAVAILABLE as the `RetryPolicy`
+says. The client gives every create, put and patch a fresh request id
+(a UUID) unless the caller passes one, and sends that same id on each retry,
+so a write whose answer was lost is applied once. Errors are raised as the
+`EditstoreError` subclass of their status code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from editstore.client import _calls, _convert
+from editstore.client._calls import UNSET, Unset
+from editstore.client.errors import error_from_rpc
+from editstore.client.models import (
+    Entity,
+    FeedbackType,
+    Prompt,
+    ResumedSession,
+    Session,
+    SessionPage,
+    SessionStatus,
+    StateDocument,
+    StateVersions,
+    UserFeedback,
+    Validation,
+    WatchEvent,
+    WatchEventType,
+)
+from editstore.client.settings import DEFAULT_TIMEOUT, ClientSettings, RetryPolicy
+from editstore.client.streams import StateUpdateStream
+from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
+
+__all__ = ["Client", "make_settings"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def make_settings(
+    address: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry: RetryPolicy | None = None,
+    token: str | None = None,
+    tls: bool = False,
+    root_certificates: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
+    server_name_override: str | None = None,
+    options: Iterable[tuple[str, Any]] = (),
+) -> ClientSettings:
+    """Build the `ClientSettings` of a client's keyword arguments."""
+    return ClientSettings(
+        address=address,
+        timeout=timeout,
+        retry=retry or RetryPolicy(),
+        token=token,
+        tls=tls,
+        root_certificates=root_certificates,
+        certificate_chain=certificate_chain,
+        private_key=private_key,
+        server_name_override=server_name_override,
+        options=tuple(options),
+    )
+
+
+class Client:
+    """A connection to one editstore daemon.
+
+    Args:
+        address: The daemon's ``host:port``.
+        timeout: The deadline of each call attempt, in seconds.
+        retry: How calls that are safe to repeat are retried.
+        token: A bearer token for daemons that require one.
+        tls: Whether to use TLS; implied by any of the PEM arguments.
+        root_certificates: PEM of the CAs to trust (default: the system's).
+        certificate_chain: PEM of the client certificate, for mutual TLS.
+        private_key: PEM of the client certificate's key, for mutual TLS.
+        server_name_override: The name to check the server certificate for.
+        options: More gRPC channel options.
+        settings: All of the above at once; the other arguments are then
+            ignored.
+
+    The client is thread-safe. Close it, or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        server_name_override: str | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+        settings: ClientSettings | None = None,
+    ) -> None:
+        self.settings = settings or make_settings(
+            address,
+            timeout=timeout,
+            retry=retry,
+            token=token,
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name_override=server_name_override,
+            options=options,
+        )
+        if self.settings.uses_tls:
+            self._channel = grpc.secure_channel(
+                self.settings.address,
+                self.settings.channel_credentials(),
+                options=self.settings.channel_options(),
+            )
+        else:
+            self._channel = grpc.insecure_channel(
+                self.settings.address, options=self.settings.channel_options()
+            )
+        self._metadata = self.settings.metadata()
+        self._session_stub = session_pb2_grpc.SessionServiceStub(self._channel)
+        self._state_stub = state_pb2_grpc.StateServiceStub(self._channel)
+
+    @property
+    def address(self) -> str:
+        return self.settings.address
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _invoke(
+        self,
+        call: _calls.UnaryCall[T],
+        timeout: float | None,
+        retry: RetryPolicy | None = None,
+    ) -> T:
+        stub = self._session_stub if call.service == "session" else self._state_stub
+        method = getattr(stub, call.method)
+        deadline = self.settings.timeout if timeout is None else timeout
+        policy = self.settings.retry if retry is None else retry
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                response = method(
+                    call.request, timeout=deadline, metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                wait = policy.backoff(attempts - 1)
+                elapsed = time.monotonic() - started
+                if (
+                    call.retryable
+                    and error.code() == grpc.StatusCode.UNAVAILABLE
+                    and policy.allows(attempts, elapsed, wait)
+                ):
+                    logger.info(
+                        "%s unavailable, retry %d in %.2f s: %s",
+                        call.method,
+                        attempts,
+                        wait,
+                        error.details(),
+                    )
+                    time.sleep(wait)
+                    continue
+                raise error_from_rpc(error) from error
+            return call.convert(response)
+
+    # SessionService
+
+    def create_session(
+        self,
+        image_path: str,
+        naive_prompt: str,
+        *,
+        status: SessionStatus | str | None = None,
+        final_alignment_score: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Session:
+        """Create a session, IN_PROGRESS unless ``status`` says otherwise.
+
+        Raises:
+            InvalidArgument: ``image_path`` or ``naive_prompt`` is empty.
+        """
+        call = _calls.create_session(
+            image_path, naive_prompt, status, final_alignment_score, request_id
+        )
+        return self._invoke(call, timeout)
+
+    def get_session(self, session_id: str, *, timeout: float | None = None) -> Session:
+        """Return one session.
+
+        Raises:
+            NotFound: The session does not exist.
+        """
+        return self._invoke(_calls.get_session(session_id), timeout)
+
+    def list_sessions(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        status: SessionStatus | str | None = None,
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
+        timeout: float | None = None,
+    ) -> SessionPage:
+        """Return one page of sessions, newest first.
+
+        ``page_size`` 0 means the daemon's default (50). Pass the page's
+        ``next_page_token`` with the same filters to get the next page, or
+        use `iter_sessions`.
+        """
+        call = _calls.list_sessions(
+            page_size, page_token, status, created_after, created_before
+        )
+        return self._invoke(call, timeout)
+
+    def iter_sessions(
+        self,
+        *,
+        page_size: int = 0,
+        status: SessionStatus | str | None = None,
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
+    ) -> Iterator[Session]:
+        """Yield every session that matches, newest first, page by page."""
+        token = ""
+        while True:
+            page = self.list_sessions(
+                page_size=page_size,
+                page_token=token,
+                status=status,
+                created_after=created_after,
+                created_before=created_before,
+            )
+            yield from page.sessions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        image_path: str | Unset = UNSET,
+        naive_prompt: str | Unset = UNSET,
+        status: SessionStatus | str | Unset = UNSET,
+        final_alignment_score: float | None | Unset = UNSET,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> Session:
+        """Change the fields given and leave the others as they are.
+
+        ``final_alignment_score=None`` clears the score. With ``etag`` (from
+        a `Session` read earlier) the update applies only to that version.
+
+        Raises:
+            NotFound: The session does not exist.
+            FailedPrecondition: The session is COMPLETED or FAILED and the
+                status would change.
+            Aborted: ``etag`` does not match the stored session.
+        """
+        call = _calls.update_session(
+            session_id, image_path, naive_prompt, status, final_alignment_score, etag
+        )
+        return self._invoke(call, timeout)
+
+    def delete_session(self, session_id: str, *, timeout: float | None = None) -> int:
+        """Delete a session with everything that belongs to it.
+
+        Returns:
+            How many prompts, entities, validations and feedback rows were
+            deleted with it.
+
+        Raises:
+            NotFound: The session does not exist.
+        """
+        return self._invoke(_calls.delete_session(session_id), timeout)
+
+    def create_prompt(
+        self,
+        session_id: str,
+        iteration: int,
+        *,
+        positive_prompt: str = "",
+        negative_prompt: str = "",
+        quality_score: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Prompt:
+        """Add one prompt iteration to a session.
+
+        Raises:
+            NotFound: The session does not exist.
+            AlreadyExists: The iteration number is already used.
+        """
+        call = _calls.create_prompt(
+            session_id,
+            iteration,
+            positive_prompt,
+            negative_prompt,
+            quality_score,
+            request_id,
+        )
+        return self._invoke(call, timeout)
+
+    def list_prompts(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> list[Prompt]:
+        """Return a session's prompts in order of iteration."""
+        return self._invoke(_calls.list_prompts(session_id), timeout)
+
+    def batch_create_entities(
+        self,
+        session_id: str,
+        entities: Iterable[Entity | Mapping[str, Any]],
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Entity]:
+        """Add 1 to 1000 entities to a session, all or none.
+
+        Each entity is an `Entity` or a dict of its fields; ``id`` and
+        ``session_id`` are ignored.
+
+        Raises:
+            NotFound: The session does not exist.
+            AlreadyExists: An ``entity_id`` is already used in the session.
+            InvalidArgument: An entity breaks a rule; the message gives its
+                index in ``entities``.
+        """
+        call = _calls.batch_create_entities(session_id, entities, request_id)
+        return self._invoke(call, timeout)
+
+    def list_entities(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> list[Entity]:
+        """Return a session's entities in the order they were added."""
+        return self._invoke(_calls.list_entities(session_id), timeout)
+
+    def create_validation(
+        self,
+        session_id: str,
+        attempt_number: int,
+        *,
+        alignment_score: float | None = None,
+        preserved_count: int = 0,
+        modified_count: int = 0,
+        unintended_count: int = 0,
+        user_feedback: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Validation:
+        """Add the validation of one edit attempt.
+
+        Raises:
+            NotFound: The session does not exist.
+            InvalidArgument: A count or the attempt number is negative, or
+                the score is not finite.
+        """
+        call = _calls.create_validation(
+            session_id,
+            attempt_number,
+            alignment_score,
+            preserved_count,
+            modified_count,
+            unintended_count,
+            user_feedback,
+            request_id,
+        )
+        return self._invoke(call, timeout)
+
+    def list_validations(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> list[Validation]:
+        """Return a session's validations in the order they were added."""
+        return self._invoke(_calls.list_validations(session_id), timeout)
+
+    def create_user_feedback(
+        self,
+        session_id: str,
+        feedback_type: FeedbackType | str,
+        *,
+        comments: str = "",
+        rating: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UserFeedback:
+        """Add the person's feedback on a session.
+
+        Raises:
+            NotFound: The session does not exist.
+            InvalidArgument: ``rating`` is outside 1 to 5.
+        """
+        call = _calls.create_user_feedback(
+            session_id, feedback_type, comments, rating, request_id
+        )
+        return self._invoke(call, timeout)
+
+    def list_user_feedback(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> list[UserFeedback]:
+        """Return a session's feedback in the order it was given."""
+        return self._invoke(_calls.list_user_feedback(session_id), timeout)
+
+    def resume_session(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> ResumedSession:
+        """Return a session with all its records and its state document.
+
+        Everything is read in one transaction, so the parts agree.
+        """
+        return self._invoke(_calls.resume_session(session_id), timeout)
+
+    # StateService
+
+    def get_state(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> StateDocument:
+        """Return a session's state document; version 0 when none was written."""
+        return self._invoke(_calls.get_state(session_id), timeout)
+
+    def put_state(
+        self,
+        session_id: str,
+        document: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> StateDocument:
+        """Replace a session's state document.
+
+        ``retry`` replaces the client's retry policy for this call.
+
+        Raises:
+            Aborted: ``expected_version`` is not the current version.
+            InvalidArgument: The document breaks a rule of state documents.
+            ResourceExhausted: The document is over the daemon's size limit.
+            ValueError: The document contains NaN or Infinity.
+        """
+        call = _calls.put_state(session_id, document, expected_version, request_id)
+        return self._invoke(call, timeout, retry)
+
+    def patch_state(
+        self,
+        session_id: str,
+        patch: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> StateDocument:
+        """Apply a JSON merge patch (RFC 7386) to a session's document.
+
+        Members of ``patch`` replace members of the document, ``None``
+        removes a member, and dicts merge recursively.
+
+        Raises:
+            As `put_state`.
+        """
+        call = _calls.patch_state(session_id, patch, expected_version, request_id)
+        return self._invoke(call, timeout, retry)
+
+    def list_state_versions(
+        self,
+        session_id: str,
+        *,
+        after_version: int = 0,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> StateVersions:
+        """Return the kept versions after ``after_version``, oldest first."""
+        call = _calls.list_state_versions(session_id, after_version, page_size)
+        return self._invoke(call, timeout)
+
+    def open_state_stream(self, *, timeout: float | None = None) -> StateUpdateStream:
+        """Open a StreamStateUpdates call for sending many updates.
+
+        ``timeout`` bounds the whole stream; ``None`` leaves it open until
+        closed. See `StateUpdateStream`.
+        """
+        return StateUpdateStream(self._state_stub, self._metadata, timeout)
+
+    def watch_state(
+        self,
+        session_id: str,
+        *,
+        from_version: int = 0,
+        reconnect: bool = True,
+        timeout: float | None = None,
+    ) -> Iterator[WatchEvent]:
+        """Yield the changes of a session's state document as they commit.
+
+        From version 0 the first event is a SNAPSHOT. When the connection is
+        lost with UNAVAILABLE and ``reconnect`` is true, the watch starts
+        again from the last version it yielded, after the retry policy's
+        backoff, so no change is missed or repeated. The iterator ends after
+        SESSION_DELETED. Close it (or leave the loop) to cancel the watch.
+
+        Raises:
+            NotFound: The session does not exist.
+            InvalidArgument: ``from_version`` is ahead of the document.
+        """
+        policy = self.settings.retry
+        version = from_version
+        failures = 0
+        started = time.monotonic()
+        while True:
+            request = state_pb2.WatchStateRequest(
+                session_id=session_id, from_version=version
+            )
+            call = self._state_stub.WatchState(
+                request, metadata=self._metadata, timeout=timeout
+            )
+            try:
+                for response in call:
+                    failures = 0
+                    event = _convert.watch_event_from_proto(response)
+                    if event is None:
+                        continue
+                    if event.state is not None:
+                        version = event.state.version
+                    yield event
+                    if event.type == WatchEventType.SESSION_DELETED:
+                        return
+                return
+            except grpc.RpcError as error:
+                if failures == 0:
+                    started = time.monotonic()
+                failures += 1
+                wait = policy.backoff(failures - 1)
+                if (
+                    reconnect
+                    and error.code() == grpc.StatusCode.UNAVAILABLE
+                    and policy.allows(failures, time.monotonic() - started, wait)
+                ):
+                    logger.info(
+                        "watch of session %s lost, reconnecting from version %d",
+                        session_id,
+                        version,
+                    )
+                    time.sleep(wait)
+                    continue
+                raise error_from_rpc(error) from error
+            finally:
+                call.cancel()
