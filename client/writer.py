@@ -398,17 +398,19 @@ class StateWriter:
                 return False
             self._drain_inbox()
             now = self._clock()
-            if self._send_is_due(now):
-                self._urgent = False
-                self._next_send_at = now + self.flush_interval
+            # Pending updates held back by a batch that is being retried keep
+            # their due time, so they follow it at once when it is through.
+            while not self._abandoned and self._send_is_due(now):
                 if not self._batches:
                     self._make_batches()
+                    self._urgent = False
+                    self._next_send_at = now + self.flush_interval
                 self._save_journal()
                 self._send_batches()
-            elif not (self._pending or self._batches) and self._next_send_at <= now:
+                now = self._clock()
+            if not (self._pending or self._batches) and self._next_send_at <= now:
                 # Nothing was due at this tick: the next update waits at most
-                # one interval. Pending updates held back by a batch that is
-                # being retried keep the passed tick, so they go right after.
+                # one interval.
                 self._next_send_at = now + self.flush_interval
             self._save_journal()
             self._answer_waiters()
