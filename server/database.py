@@ -106,17 +106,33 @@ def read_transaction(database: peewee.Database) -> Iterator[None]:
             yield
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """Return the error and the errors it was raised from or while handling.
+
+    When a write fails with SQLITE_FULL, SQLite may roll the transaction back
+    itself, and the ROLLBACK that follows fails with "no transaction is
+    active": the first error is then found only in the chain.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Return whether a database error means the disk or quota is full."""
-    text = str(error).lower()
-    if "database or disk is full" in text or "no space left" in text:
-        return True
-    cause = getattr(error, "__cause__", None) or getattr(error, "orig", None)
-    if isinstance(cause, sqlite3.DatabaseError):
-        code = getattr(cause, "sqlite_errorcode", None)
-        return code == sqlite3.SQLITE_FULL
-    pgcode = getattr(cause, "pgcode", None)
-    return pgcode in ("53100", "53200", "54000")
+    for link in _chain(error):
+        text = str(link).lower()
+        if "database or disk is full" in text or "no space left" in text:
+            return True
+        if isinstance(link, sqlite3.DatabaseError):
+            if getattr(link, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                return True
+        if getattr(link, "pgcode", None) in ("53100", "53200", "54000"):
+            return True
+    return False
 
 
 def is_busy(error: BaseException) -> bool:

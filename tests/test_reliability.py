@@ -1,0 +1,472 @@
+"""Crashes, draining, full disks, stream limits and security of the daemon."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import grpc
+import pytest
+
+from editstore.v1 import session_pb2 as pb
+from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
+from tests.daemon import Daemon, free_port
+
+
+def stubs(
+    address: str,
+) -> tuple[
+    grpc.Channel, session_pb2_grpc.SessionServiceStub, state_pb2_grpc.StateServiceStub
+]:
+    channel = grpc.insecure_channel(address)
+    return (
+        channel,
+        session_pb2_grpc.SessionServiceStub(channel),
+        state_pb2_grpc.StateServiceStub(channel),
+    )
+
+
+def new_session(sessions: session_pb2_grpc.SessionServiceStub) -> str:
+    request = pb.CreateSessionRequest(
+        session=pb.Session(
+            image_path="/photos/a.jpg", naive_prompt="make the sky dramatic"
+        )
+    )
+    return str(sessions.CreateSession(request, timeout=10).id)
+
+
+def sqlite_file(url: str) -> pathlib.Path:
+    return pathlib.Path(url.removeprefix("sqlite:///"))
+
+
+def integrity(url: str) -> str:
+    with sqlite3.connect(sqlite_file(url)) as connection:
+        return str(connection.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_loses_no_acknowledged_write(
+    database_url: str, tmp_path: pathlib.Path
+) -> None:
+    daemon = Daemon(database_url, free_port(), tmp_path / "daemon.log")
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    session_ids = [new_session(sessions) for _ in range(4)]
+    acknowledged: dict[str, set[str]] = {
+        session_id: set() for session_id in session_ids
+    }
+    created: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def write(worker: int) -> None:
+        session_id = session_ids[worker % len(session_ids)]
+        number = 0
+        while not stop.is_set():
+            key = f"w{worker}_{number}"
+            number += 1
+            try:
+                if number % 5 == 0:
+                    created_id = new_session(sessions)
+                    with lock:
+                        created.append(created_id)
+                    continue
+                states.PatchState(
+                    state_pb2.PatchStateRequest(
+                        session_id=session_id,
+                        merge_patch_json=json.dumps({key: number}),
+                    ),
+                    timeout=5,
+                )
+            except grpc.RpcError:
+                continue
+            with lock:
+                acknowledged[session_id].add(key)
+
+    for round_number in range(3):
+        stop.clear()
+        workers = [threading.Thread(target=write, args=(n,)) for n in range(16)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0 + 0.3 * round_number)
+        daemon.kill()
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+        if database_url.startswith("sqlite"):
+            assert integrity(database_url) == "ok"
+        daemon.start()
+
+    channel.close()
+    channel, sessions, states = stubs(daemon.address)
+    total = 0
+    for session_id, keys in acknowledged.items():
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=session_id), timeout=10
+        )
+        document = json.loads(reply.document_json)
+        missing = keys - document.keys()
+        assert not missing, f"{len(missing)} acknowledged keys lost in {session_id}"
+        total += len(keys)
+    for created_id in created:
+        assert (
+            sessions.GetSession(pb.GetSessionRequest(id=created_id), timeout=10).id
+            == created_id
+        )
+    assert total > 100, f"only {total} writes were acknowledged before the kills"
+    channel.close()
+    daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_and_ends_watches_unavailable(daemon: Daemon) -> None:
+    channel, sessions, states = stubs(daemon.address)
+    session_id = new_session(sessions)
+    watch = states.WatchState(
+        state_pb2.WatchStateRequest(session_id=session_id), timeout=30
+    )
+    first = next(watch)
+    assert first.type == state_pb2.WATCH_EVENT_TYPE_SNAPSHOT
+    states.PatchState(
+        state_pb2.PatchStateRequest(session_id=session_id, merge_patch_json='{"a": 1}'),
+        timeout=5,
+    )
+    assert next(watch).type == state_pb2.WATCH_EVENT_TYPE_CHANGE
+
+    started = time.monotonic()
+    exit_code = daemon.terminate(timeout=30)
+    elapsed = time.monotonic() - started
+
+    assert exit_code == 0
+    assert elapsed < 12, f"drain took {elapsed:.1f} s, over the 10 s grace period"
+    with pytest.raises(grpc.RpcError) as ended:
+        for _ in watch:
+            pass
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "stopped" in daemon.log()
+    channel.close()
+
+
+@pytest.mark.timeout(120)
+def test_database_quota_answers_resource_exhausted(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'quota.db'}"
+    daemon = Daemon(
+        url,
+        free_port(),
+        tmp_path / "daemon.log",
+        extra_args=["--max-database-bytes", str(400 * 1024)],
+    )
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    session_id = new_session(sessions)
+    kept = []
+    code = None
+    for number in range(2000):
+        request = state_pb2.PatchStateRequest(
+            session_id=session_id,
+            merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
+        )
+        try:
+            states.PatchState(request, timeout=10)
+        except grpc.RpcError as error:
+            code = error.code()
+            message = error.details()
+            break
+        kept.append(f"k{number}")
+
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "quota" in message
+    document = json.loads(
+        states.GetState(
+            state_pb2.GetStateRequest(session_id=session_id), timeout=10
+        ).document_json
+    )
+    assert set(kept) <= set(document)
+    channel.close()
+    daemon.stop()
+    assert integrity(url) == "ok"
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    reply = states.GetState(
+        state_pb2.GetStateRequest(session_id=session_id), timeout=10
+    )
+    assert set(kept) <= set(json.loads(reply.document_json))
+    channel.close()
+    daemon.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: pathlib.Path):
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"can not mount a small tmpfs: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_full_disk_answers_resource_exhausted(
+    small_disk: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    url = f"sqlite:///{small_disk / 'full.db'}"
+    daemon = Daemon(url, free_port(), tmp_path / "daemon.log")
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    session_ids = [new_session(sessions) for _ in range(3)]
+    kept: dict[str, list[str]] = {session_id: [] for session_id in session_ids}
+    codes = set()
+    failures = 0
+    for number in range(3000):
+        session_id = session_ids[number % 3]
+        request = state_pb2.PatchStateRequest(
+            session_id=session_id,
+            merge_patch_json=json.dumps({f"k{number}": "y" * 3000}),
+        )
+        try:
+            states.PatchState(request, timeout=10)
+        except grpc.RpcError as error:
+            codes.add(error.code())
+            failures += 1
+            if failures >= 6:
+                break
+            continue
+        kept[session_id].append(f"k{number}")
+
+    assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    health = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "editstore.server",
+            "health",
+            "--address",
+            daemon.address,
+        ],
+        capture_output=True,
+    )
+    assert health.returncode == 0
+    for session_id, keys in kept.items():
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=session_id), timeout=10
+        )
+        assert set(keys) <= set(json.loads(reply.document_json))
+    channel.close()
+    daemon.kill()
+    assert integrity(url) == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_streams_over_limit_refused_and_unary_served(tmp_path: pathlib.Path) -> None:
+    daemon = Daemon(
+        f"sqlite:///{tmp_path / 'limit.db'}",
+        free_port(),
+        tmp_path / "daemon.log",
+        extra_args=["--max-streams", "3"],
+    )
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    session_id = new_session(sessions)
+    watches = [
+        states.WatchState(
+            state_pb2.WatchStateRequest(session_id=session_id), timeout=30
+        )
+        for _ in range(3)
+    ]
+    for watch in watches:
+        assert next(watch).type == state_pb2.WATCH_EVENT_TYPE_SNAPSHOT
+
+    extra = states.WatchState(
+        state_pb2.WatchStateRequest(session_id=session_id), timeout=30
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        next(extra)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-streams" in refused.value.details()
+    for _ in range(20):
+        assert new_session(sessions)
+    for watch in watches:
+        watch.cancel()
+    time.sleep(0.3)
+    reopened = states.WatchState(
+        state_pb2.WatchStateRequest(session_id=session_id), timeout=30
+    )
+    assert next(reopened).type == state_pb2.WATCH_EVENT_TYPE_SNAPSHOT
+    reopened.cancel()
+    channel.close()
+    daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_bearer_token_required_and_never_logged(tmp_path: pathlib.Path) -> None:
+    token = f"secret-{uuid.uuid4().hex}"
+    daemon = Daemon(
+        f"sqlite:///{tmp_path / 'auth.db'}",
+        free_port(),
+        tmp_path / "daemon.log",
+        extra_args=["--log-level", "debug"],
+        env={"EDITSTORE_AUTH_TOKENS": f"other-token,{token}"},
+    )
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    request = pb.CreateSessionRequest(
+        session=pb.Session(image_path="/a.jpg", naive_prompt="x")
+    )
+
+    with pytest.raises(grpc.RpcError) as missing:
+        sessions.CreateSession(request, timeout=5)
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as wrong:
+        sessions.CreateSession(
+            request, timeout=5, metadata=[("authorization", "Bearer not-the-token")]
+        )
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    created = sessions.CreateSession(
+        request, timeout=5, metadata=[("authorization", f"Bearer {token}")]
+    )
+    assert created.id
+    health = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "editstore.server",
+            "health",
+            "--address",
+            daemon.address,
+        ],
+        capture_output=True,
+    )
+    assert health.returncode == 0
+    channel.close()
+    daemon.stop()
+    assert token not in daemon.log()
+    assert "not-the-token" not in daemon.log()
+
+
+def make_certificates(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Make a CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=editstore test CA",
+    )
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        (folder / f"{name}.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
+    return {path.stem + path.suffix: path for path in folder.iterdir()}
+
+
+class TlsDaemon(Daemon):
+    def wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while "editstore serving" not in self.log():
+            assert self.process is not None and self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    files = make_certificates(folder)
+    daemon = TlsDaemon(
+        f"sqlite:///{tmp_path / 'tls.db'}",
+        free_port(),
+        tmp_path / "daemon.log",
+        extra_args=[
+            "--tls-cert",
+            str(files["server.pem"]),
+            "--tls-key",
+            str(files["server.key"]),
+            "--tls-client-ca",
+            str(files["ca.pem"]),
+        ],
+    )
+    daemon.start()
+    ca = files["ca.pem"].read_bytes()
+    request = pb.CreateSessionRequest(
+        session=pb.Session(image_path="/a.jpg", naive_prompt="x")
+    )
+
+    with_client_cert = grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=files["client.key"].read_bytes(),
+        certificate_chain=files["client.pem"].read_bytes(),
+    )
+    with grpc.secure_channel(daemon.address, with_client_cert) as channel:
+        created = session_pb2_grpc.SessionServiceStub(channel).CreateSession(
+            request, timeout=10
+        )
+        assert created.id
+
+    without_client_cert = grpc.ssl_channel_credentials(root_certificates=ca)
+    with grpc.secure_channel(daemon.address, without_client_cert) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            session_pb2_grpc.SessionServiceStub(channel).CreateSession(
+                request, timeout=5
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    with grpc.insecure_channel(daemon.address) as channel:
+        with pytest.raises(grpc.RpcError):
+            session_pb2_grpc.SessionServiceStub(channel).CreateSession(
+                request, timeout=5
+            )
+    daemon.stop()
