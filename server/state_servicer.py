@@ -110,6 +110,7 @@ class StateServicer:
             request.session_id,
             request.after_version,
             request.page_size,
+            self._limits.max_document_bytes,
         )
         return state_pb2.ListStateVersionsResponse(
             versions=[convert.state_message(request.session_id, v) for v in versions],

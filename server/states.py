@@ -9,19 +9,26 @@ the change is also announced with NOTIFY (see ``pgnotify``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 
 import peewee
 
-from editstore.server import documents, records, requests, validation
+from editstore.server import documents, requests, validation
 from editstore.server.errors import Conflict, InvalidArgument, NotFound
 from editstore.server.events import StateChanged
 from editstore.server.models import Session, SessionState, StateVersion, utc_now
 from editstore.server.pgnotify import notify
+from editstore.server.prepared import PreparedQuery
 
+Operation = Callable[[list[Any]], Any]
 DEFAULT_VERSIONS_PAGE = 100
 MAX_VERSIONS_PAGE = 1000
+# Bytes a StateDocument adds to its document in a response: the session id,
+# the version, the timestamp and the field tags, rounded up.
+VERSION_OVERHEAD_BYTES = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +53,14 @@ def get_state(session_id: str) -> StateChanged | None:
 
 
 def list_versions(
-    session_id: str, after_version: int, page_size: int
+    session_id: str, after_version: int, page_size: int, max_bytes: int = 0
 ) -> tuple[list[StateChanged], int]:
     """Return kept versions after ``after_version``, oldest first, and the
-    oldest kept version (0 when there is none)."""
+    oldest kept version (0 when there is none).
+
+    With ``max_bytes`` the page ends before the documents pass that many
+    bytes, so that it fits in one gRPC message; it holds at least one version.
+    """
     validation.identifier("session_id", session_id)
     if after_version < 0:
         raise InvalidArgument(
@@ -70,12 +81,17 @@ def list_versions(
         .order_by(StateVersion.version)
         .limit(page_size or DEFAULT_VERSIONS_PAGE)
     )
-    versions = [
-        StateChanged(
-            session_id, row.version, row.document, row.merge_patch, row.created_at
+    versions: list[StateChanged] = []
+    size = 0
+    for row in query:
+        size += len(row.document.encode("utf-8")) + VERSION_OVERHEAD_BYTES
+        if max_bytes and versions and size > max_bytes:
+            break
+        versions.append(
+            StateChanged(
+                session_id, row.version, row.document, row.merge_patch, row.created_at
+            )
         )
-        for row in query
-    ]
     oldest = (
         StateVersion.select(peewee.fn.MIN(StateVersion.version))
         .where(StateVersion.session == session_id)
@@ -95,7 +111,7 @@ def put_state(
     expected_version: int | None,
     request_id: str,
     limits: StateLimits,
-) -> records.Operation:
+) -> Operation:
     """Return the operation that replaces a session's document."""
     validation.identifier("session_id", session_id)
     validation.request_id(request_id)
@@ -120,7 +136,7 @@ def patch_state(
     expected_version: int | None,
     request_id: str,
     limits: StateLimits,
-) -> records.Operation:
+) -> Operation:
     """Return the operation that applies a JSON merge patch to a document."""
     validation.identifier("session_id", session_id)
     validation.request_id(request_id)
@@ -146,45 +162,69 @@ def patch_state(
     return requests.once("PatchState", request_id, payload, operation)
 
 
+def _lock_query() -> peewee.Query:
+    query = Session.select(Session.id).where(Session.id == "")
+    if isinstance(Session._meta.database.obj, peewee.PostgresqlDatabase):
+        # Serializes the writes of one session across daemons sharing the
+        # database; SQLite's BEGIN IMMEDIATE already serializes all writes.
+        query = query.for_update()
+    return query
+
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+_LOCK_SESSION = PreparedQuery(_lock_query)
+_CURRENT_STATE = PreparedQuery(
+    lambda: SessionState.select(SessionState.version, SessionState.document).where(
+        SessionState.session == ""
+    )
+)
+_INSERT_STATE = PreparedQuery(
+    lambda: SessionState.insert(session="", version=0, document="", updated_at=_EPOCH)
+)
+_UPDATE_STATE = PreparedQuery(
+    lambda: SessionState.update(version=0, document="", updated_at=_EPOCH).where(
+        SessionState.session == ""
+    )
+)
+_INSERT_VERSION = PreparedQuery(
+    lambda: StateVersion.insert(
+        session="", version=0, document="", merge_patch="", created_at=_EPOCH
+    )
+)
+_PRUNE_VERSIONS = PreparedQuery(
+    lambda: StateVersion.delete().where(
+        (StateVersion.session == "") & (StateVersion.version <= 0)
+    )
+)
+
+
 def _write(
     session_id: str,
     expected_version: int | None,
-    make_document: Any,
+    make_document: Callable[[str], str],
     patch_text: str | None,
     limits: StateLimits,
     events: list[Any],
 ) -> dict[str, Any]:
-    records._lock_session(session_id)
-    state = SessionState.get_or_none(SessionState.session == session_id)
-    current_version = 0 if state is None else state.version
+    if _LOCK_SESSION.first([session_id]) is None:
+        raise NotFound(f"session {session_id} not found")
+    state = _CURRENT_STATE.first([session_id])
+    current_version = 0 if state is None else int(state[0])
     if expected_version is not None and expected_version != current_version:
         raise Conflict(
             f"state of session {session_id} is at version {current_version}, "
             f"but the request expected version {expected_version}"
         )
-    text = make_document("{}" if state is None else state.document)
+    text = make_document("{}" if state is None else state[1])
     version = current_version + 1
     now = utc_now()
     if state is None:
-        SessionState.create(
-            session=session_id, version=version, document=text, updated_at=now
-        )
+        _INSERT_STATE.execute([session_id, version, text, now])
     else:
-        SessionState.update(version=version, document=text, updated_at=now).where(
-            SessionState.session == session_id
-        ).execute()
-    StateVersion.create(
-        session=session_id,
-        version=version,
-        document=text,
-        merge_patch=patch_text,
-        created_at=now,
-    )
+        _UPDATE_STATE.execute([version, text, now, session_id])
+    _INSERT_VERSION.execute([session_id, version, text, patch_text, now])
     if version > limits.state_history:
-        StateVersion.delete().where(
-            (StateVersion.session == session_id)
-            & (StateVersion.version <= version - limits.state_history)
-        ).execute()
+        _PRUNE_VERSIONS.execute([session_id, version - limits.state_history])
     events.append(StateChanged(session_id, version, text, patch_text, now))
     notify({"session_id": session_id, "version": version})
     return {"version": version, "document": text, "updated_at": now}
