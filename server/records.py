@@ -258,11 +258,28 @@ def _filters_digest(filters: Row) -> str:
 
 def _decode_page_token(token: str, filters: Row) -> tuple[datetime.datetime, str]:
     try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        data = base64.urlsafe_b64decode(token.encode("ascii"))
+        # The decoder skips characters after the padding; a token that does
+        # not encode back to itself was changed.
+        if base64.urlsafe_b64encode(data).decode("ascii") != token:
+            raise ValueError("not canonical base64")
+        payload = json.loads(data)
         created_at = datetime.datetime.fromisoformat(payload["t"])
-        session_id = str(payload["i"])
+        session_id = payload["i"]
         digest = payload["f"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+        # The id goes into the query: PostgreSQL rejects a NUL in it with an
+        # error that is not a database error.
+        if created_at.tzinfo is not None or not isinstance(session_id, str):
+            raise ValueError("not a time and id this server wrote")
+        validation.identifier("page_token", session_id)
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        binascii.Error,
+        UnicodeError,
+        InvalidArgument,
+    ):
         raise InvalidArgument(
             "page_token is not a token this server returned; send the "
             "next_page_token of the previous response unchanged"
