@@ -128,8 +128,7 @@ def test_async_state_stream_and_watch(daemon: Daemon) -> None:
 
             async with client.open_state_stream() as stream:
                 futures = [
-                    await stream.send_patch(session.id, {f"k{i}": i})
-                    for i in range(20)
+                    await stream.send_patch(session.id, {f"k{i}": i}) for i in range(20)
                 ]
                 results = await asyncio.gather(*futures)
                 assert sorted(r.version for r in results) == list(range(1, 21))
