@@ -1,0 +1,88 @@
+"""How long ``StateWriter.update()`` of the client library takes to return.
+
+The writer is connected to a running daemon and flushes in the background as
+it would in an agent; only the caller's time in ``update()`` is measured,
+with ``time.perf_counter_ns()`` around each call. Two loads are timed:
+
+- paced: 1,000 calls a second, already far more than an agent makes, so the
+  background thread has the time to send what was queued;
+- back to back: calls in a tight loop, where the caller also waits for the
+  interpreter lock while the background thread merges the queued patches.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import statistics
+import time
+from typing import Any
+
+from bench import servers
+from bench.figures import Figure
+from bench.load import percentile
+from bench.writes import create_sessions
+
+logger = logging.getLogger(__name__)
+
+PACED_CALLS_PER_SECOND = 1000
+
+
+def time_updates(writer: Any, seconds: float, interval: float) -> list[int]:
+    """Call writer.update() for seconds, every interval seconds (0: no pause)."""
+    durations_ns = []
+    step = 0
+    next_call = time.perf_counter()
+    end = next_call + seconds
+    while next_call < end:
+        if interval:
+            while time.perf_counter() < next_call:
+                time.sleep(interval / 4)
+            next_call += interval
+        else:
+            next_call = time.perf_counter()
+        step += 1
+        patch = {"progress": {"step": step, "stage_done": step % 10 == 0}}
+        started = time.perf_counter_ns()
+        writer.update(patch)
+        durations_ns.append(time.perf_counter_ns() - started)
+    durations_ns.sort()
+    return durations_ns
+
+
+def describe(durations_ns: list[int]) -> str:
+    return (
+        f"mean {statistics.fmean(durations_ns) / 1000:.1f} us, p50 "
+        f"{percentile(durations_ns, 0.5) / 1000:.1f} us, p99 "
+        f"{percentile(durations_ns, 0.99) / 1000:.1f} us, max "
+        f"{durations_ns[-1] / 1000:.0f} us over {len(durations_ns)} calls"
+    )
+
+
+def bench_client_update(workdir: pathlib.Path, seconds: float) -> list[Figure]:
+    """Measure update() of a StateWriter; skip when the client has none."""
+    try:
+        from editstore.client import Client, StateWriter
+    except ImportError as error:
+        print(f"client: skipped, editstore.client has no StateWriter yet ({error})")
+        return []
+    daemon = servers.daemon(workdir / "client.db", workdir / "client-daemon.log")
+    with servers.running(daemon):
+        session_id = create_sessions(daemon.address, 1)[0]
+        with (
+            Client(daemon.address) as client,
+            StateWriter(client, session_id) as writer,
+        ):
+            paced = time_updates(writer, seconds, 1 / PACED_CALLS_PER_SECOND)
+            back_to_back = time_updates(writer, seconds, 0)
+    return [
+        Figure(
+            f"StateWriter.update() time to return, {PACED_CALLS_PER_SECOND:,} calls/s",
+            statistics.fmean(paced) / 1000,
+            "us",
+            target=20.0,
+            target_on_ratio=False,
+            higher_is_better=False,
+            note=f"paced: {describe(paced)}; back to back: {describe(back_to_back)}",
+        )
+    ]
