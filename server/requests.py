@@ -16,10 +16,25 @@ from typing import Any, TypeVar
 
 from editstore.server.errors import AlreadyExists
 from editstore.server.models import RequestRecord, utc_now
+from editstore.server.prepared import PreparedQuery
 
 T = TypeVar("T")
 
 _DATETIME_KEY = "$datetime"
+_FIND = PreparedQuery(
+    lambda: RequestRecord.select(
+        RequestRecord.method, RequestRecord.fingerprint, RequestRecord.response
+    ).where(RequestRecord.request_id == "")
+)
+_INSERT = PreparedQuery(
+    lambda: RequestRecord.insert(
+        request_id="",
+        method="",
+        fingerprint="",
+        response="",
+        created_at=datetime.datetime(1970, 1, 1),
+    )
+)
 
 
 def _encode(value: Any) -> Any:
@@ -56,22 +71,19 @@ def once(
     digest = fingerprint(method, payload)
 
     def run_once(events: list[Any]) -> T:
-        record = RequestRecord.get_or_none(RequestRecord.request_id == request_id)
+        record = _FIND.first([request_id])
         if record is not None:
-            if record.method != method or record.fingerprint != digest:
+            stored_method, stored_digest, response = record
+            if stored_method != method or stored_digest != digest:
                 raise AlreadyExists(
                     f"request_id {request_id} was already used by a different "
-                    f"{record.method} request; use a new UUID for a new request"
+                    f"{stored_method} request; use a new UUID for a new request"
                 )
-            result: T = json.loads(record.response, object_hook=_decode)
+            result: T = json.loads(response, object_hook=_decode)
             return result
         result = operation(events)
-        RequestRecord.create(
-            request_id=request_id,
-            method=method,
-            fingerprint=digest,
-            response=json.dumps(result, default=_encode),
-        )
+        response = json.dumps(result, default=_encode)
+        _INSERT.execute([request_id, method, digest, response, utc_now()])
         return result
 
     return run_once
