@@ -1,7 +1,7 @@
 """Bad values: the API rejects them naming the field, and the database too.
 
 Every bad value must come back as INVALID_ARGUMENT with a message that names
-the field, and leave nothing stored. Behind the API, the database itself holds
+the field, and leave nothing stored. Behind the API, the database itself has
 the specification's CHECK constraints and enforces foreign keys on every
 connection, so rows written around the daemon are checked as well.
 """
@@ -74,7 +74,7 @@ def sessions(server: Daemon) -> Iterator[session_pb2_grpc.SessionServiceStub]:
 
 @pytest.fixture(scope="module")
 def session(sessions: session_pb2_grpc.SessionServiceStub) -> pb.Session:
-    """A session that bad records are sent to; it must stay empty."""
+    """A session that receives only bad records, so it must stay empty."""
     return sessions.CreateSession(
         pb.CreateSessionRequest(
             session=pb.Session(image_path="photos/a.jpg", naive_prompt="brighten")
@@ -84,7 +84,7 @@ def session(sessions: session_pb2_grpc.SessionServiceStub) -> pb.Session:
 
 
 def rejection(call: Callable[..., Any], request: Any) -> grpc.RpcError:
-    """Send a request that must fail with INVALID_ARGUMENT; return the error."""
+    """Send a request that must fail with INVALID_ARGUMENT and return the error."""
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=10)
     error = caught.value
@@ -468,7 +468,7 @@ def sqlite_file(server: Daemon) -> str | None:
 def execute_directly(
     server: Daemon, statement: str, foreign_keys: bool = False
 ) -> Exception | None:
-    """Run one statement around the daemon, roll it back, return its error.
+    """Run one statement around the daemon, roll it back and return its error.
 
     A bare sqlite3 connection checks no foreign keys unless ``foreign_keys``
     turns them on; PostgreSQL always checks them.
