@@ -196,7 +196,7 @@ class Daemon:
             loop.call_soon_threadsafe(self._hub.publish, [event])
 
         def connect() -> Any:
-            return database._connect()
+            return database._connect()  # type: ignore[attr-defined]
 
         self._listener = pgnotify.Listener(connect, on_payload)
         self._listener.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from typing import TypeAlias
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -25,4 +26,4 @@ class SessionDeleted:
     session_id: str
 
 
-Event = StateChanged | SessionDeleted
+Event: TypeAlias = StateChanged | SessionDeleted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TypeAlias
 
 import grpc
 
@@ -13,7 +14,7 @@ from editstore.v1 import session_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class SessionServicer:

@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Iterable
+from typing import TypeAlias
 
 from editstore.server.events import Event, SessionDeleted, StateChanged
 
@@ -28,7 +29,7 @@ class StateHint:
     version: int
 
 
-HubEvent = Event | StateHint
+HubEvent: TypeAlias = Event | StateHint
 
 
 class Watcher:
