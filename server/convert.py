@@ -17,13 +17,17 @@ STATUS_TO_TEXT: dict[int, str] = {
     pb.SESSION_STATUS_COMPLETED: "completed",
     pb.SESSION_STATUS_FAILED: "failed",
 }
-TEXT_TO_STATUS: dict[str, Any] = {text: number for number, text in STATUS_TO_TEXT.items()}
+TEXT_TO_STATUS: dict[str, Any] = {
+    text: number for number, text in STATUS_TO_TEXT.items()
+}
 FEEDBACK_TO_TEXT: dict[int, str] = {
     pb.FEEDBACK_TYPE_ACCEPT: "accept",
     pb.FEEDBACK_TYPE_REJECT: "reject",
     pb.FEEDBACK_TYPE_PARTIAL: "partial",
 }
-TEXT_TO_FEEDBACK: dict[str, Any] = {text: number for number, text in FEEDBACK_TO_TEXT.items()}
+TEXT_TO_FEEDBACK: dict[str, Any] = {
+    text: number for number, text in FEEDBACK_TO_TEXT.items()
+}
 UPDATABLE_SESSION_FIELDS = (
     "image_path",
     "naive_prompt",
