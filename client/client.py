@@ -159,12 +159,14 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # Checked as the folder client/, this module sees the editstore.client
+    # imports as Any, and mypy then flags the TypeVar of the return type.
     def _invoke(
         self,
         call: _calls.UnaryCall[T],
         timeout: float | None,
         retry: RetryPolicy | None = None,
-    ) -> T:
+    ) -> T:  # type: ignore[type-var,unused-ignore]
         stub = self._session_stub if call.service == "session" else self._state_stub
         method = getattr(stub, call.method)
         deadline = self.settings.timeout if timeout is None else timeout

@@ -182,6 +182,8 @@ class StateWriter:
         self._version = 0
         self.last_error: EditstoreError | None = None
         """The last error the daemon returned for a batch, kept for callers."""
+        self.acknowledged_batches = 0
+        """How many batches the daemon applied; each made one new version."""
 
         # Lets wake() wait for a pass of the loop that began after it.
         self._progress = threading.Condition()
@@ -499,6 +501,7 @@ class StateWriter:
                 )
                 self.last_error = error
             elif state is not None:
+                self.acknowledged_batches += 1
                 self._document = state.document
                 self._version = state.version
 
