@@ -8,10 +8,15 @@ with ``time.perf_counter_ns()`` around each call. Two loads are timed:
   background thread has the time to send what was queued;
 - back to back: calls in a tight loop, where the caller also waits for the
   interpreter lock while the background thread merges the queued patches.
+
+The baseline is the least a non-blocking update can do, paced the same way:
+``json.dumps`` of the patch and an append to a deque.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import pathlib
 import statistics
@@ -24,6 +29,17 @@ from bench.load import percentile
 from bench.writes import create_sessions
 
 logger = logging.getLogger(__name__)
+
+
+class AppendWriter:
+    """The baseline: serialises each patch and queues it, nothing more."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[str] = collections.deque()
+
+    def update(self, patch: dict[str, Any]) -> None:
+        self.queue.append(json.dumps(patch))
+
 
 PACED_CALLS_PER_SECOND = 1000
 
@@ -73,16 +89,21 @@ def bench_client_update(workdir: pathlib.Path, seconds: float) -> list[Figure]:
             Client(daemon.address) as client,
             StateWriter(client, session_id) as writer,
         ):
-            paced = time_updates(writer, seconds, 1 / PACED_CALLS_PER_SECOND)
-            back_to_back = time_updates(writer, seconds, 0)
+            interval = 1 / PACED_CALLS_PER_SECOND
+            baseline = time_updates(AppendWriter(), seconds / 2, interval)
+            paced = time_updates(writer, seconds, interval)
+            back_to_back = time_updates(writer, seconds / 2, 0)
     return [
         Figure(
             f"StateWriter.update() time to return, {PACED_CALLS_PER_SECOND:,} calls/s",
             statistics.fmean(paced) / 1000,
             "us",
+            "json.dumps and deque append",
+            statistics.fmean(baseline) / 1000,
             target=20.0,
             target_on_ratio=False,
             higher_is_better=False,
-            note=f"paced: {describe(paced)}; back to back: {describe(back_to_back)}",
+            note=f"paced: {describe(paced)}; back to back: {describe(back_to_back)}; "
+            f"baseline: {describe(baseline)}",
         )
     ]

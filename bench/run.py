@@ -25,7 +25,9 @@ from bench.figures import Figure, format_table, write_json
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("writes", "watch", "listing", "client")
+DEFAULT_BENCHMARKS = ("writes", "watch", "listing", "client")
+# The comparison of load generators runs only when named.
+BENCHMARKS = (*DEFAULT_BENCHMARKS, "clients")
 DEFAULT_CACHE = pathlib.Path(tempfile.gettempdir()) / "editstore-bench"
 
 
@@ -77,7 +79,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(BENCHMARKS),
+        default=",".join(DEFAULT_BENCHMARKS),
         help=f"comma-separated benchmarks to run, from {','.join(BENCHMARKS)}",
     )
     parser.add_argument(
@@ -147,7 +149,7 @@ def run_benchmarks(
     arguments: argparse.Namespace, workdir: pathlib.Path
 ) -> list[Figure]:
     # Imported here so that ``--help`` works without the generated code.
-    from bench import client_update, listing, watch, writes
+    from bench import client_update, clients, listing, watch, writes
 
     warmup = min(0.5, arguments.seconds / 2)
     figures: list[Figure] = []
@@ -180,6 +182,10 @@ def run_benchmarks(
         )
     if "client" in arguments.only:
         figures += client_update.bench_client_update(workdir, arguments.seconds)
+    if "clients" in arguments.only:
+        figures += clients.bench_clients(
+            workdir, arguments.seconds, arguments.callers, arguments.window
+        )
     return figures
 
 
