@@ -9,8 +9,8 @@
 # /var/cache/editstore-container-test) contains the buildah image store. Run
 # buildah with `--root CACHE_DIR/storage --runroot CACHE_DIR/run` to use it.
 # The image is tagged with a hash of everything it is built from, so a second
-# run with the same inputs prints the same reference at once; without the
-# cache the base is built from nothing (about a minute on 2 cores).
+# run with the same inputs prints the same reference at once. Without the
+# cache, the base is built from nothing (about a minute on 2 cores).
 #
 # Settings: EDITSTORE_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 # Needs root, debootstrap and buildah (scripts/container/install-tools.sh).
@@ -51,15 +51,20 @@ if buildah_store inspect --type image "$image" >/dev/null 2>&1; then
     exit 0
 fi
 
+# A build that was killed leaves its folder behind, and none can be in use
+# now. --one-file-system keeps rm out of anything still mounted in it.
+rm -rf --one-file-system "$cache_dir"/rootfs.*
 rootfs=$(mktemp -d "$cache_dir/rootfs.XXXXXX")
+chmod 0755 "$rootfs"
 container=""
 cleanup() {
     if [ -n "$container" ]; then
         buildah_store rm "$container" >/dev/null 2>&1 || true
     fi
-    rm -rf "$rootfs"
+    rm -rf --one-file-system "$rootfs"
 }
 trap cleanup EXIT
+trap 'exit 1' HUP INT TERM
 
 echo "building $image with debootstrap from $mirror" >&2
 debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >&2
