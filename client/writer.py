@@ -71,6 +71,7 @@ _TRANSIENT_CODES = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"}
 )
 _NO_RETRY = RetryPolicy(max_attempts=1)
+_encode = jsondoc.dumps
 _MISSING = object()
 
 
@@ -237,10 +238,14 @@ class StateWriter:
         """
         if self._closed:
             raise RuntimeError(f"state writer of session {self.session_id} is closed")
-        if type(patch) is not dict and not isinstance(patch, Mapping):
-            raise TypeError(f"patch must be a dict, got {type(patch).__name__}")
-        text = jsondoc.dumps(patch if type(patch) is dict else dict(patch))
-        if not important:
+        if type(patch) is not dict:
+            if not isinstance(patch, Mapping):
+                raise TypeError(f"patch must be a dict, got {type(patch).__name__}")
+            patch = dict(patch)
+        text = _encode(patch)
+        if not important and (
+            "current_stage" in patch or "status" in patch or "completed" in patch
+        ):
             important = self._is_significant(patch)
         self._inbox.append((text, important))
         if important:
