@@ -319,10 +319,17 @@ class StateServicer:
             state=convert.state_message(session_id, state),
         )
 
-    @staticmethod
-    def _change(event: StateChanged) -> state_pb2.WatchStateResponse:
+    def _change(self, event: StateChanged) -> state_pb2.WatchStateResponse:
+        patch = event.merge_patch or ""
+        # A document near the size limit and a patch as large together pass
+        # the message limit (the document limit plus 64 KiB), so the patch is
+        # left out; the client reads the document instead.
+        if patch:
+            size = len(event.document.encode()) + len(patch.encode())
+            if size > self._limits.max_document_bytes:
+                patch = ""
         return state_pb2.WatchStateResponse(
             type=state_pb2.WATCH_EVENT_TYPE_CHANGE,
             state=convert.state_message(event.session_id, event),
-            merge_patch_json=event.merge_patch or "",
+            merge_patch_json=patch,
         )
