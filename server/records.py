@@ -243,8 +243,9 @@ def delete_session(session_id: str) -> Operation:
 
 
 def encode_page_token(row: Row, filters: Row) -> str:
+    created_at = row["created_at"]
     payload = {
-        "t": row["created_at"].isoformat(),
+        "t": None if created_at is None else created_at.isoformat(),
         "i": row["id"],
         "f": _filters_digest(filters),
     }
@@ -256,7 +257,9 @@ def _filters_digest(filters: Row) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _decode_page_token(token: str, filters: Row) -> tuple[datetime.datetime, str]:
+def _decode_page_token(
+    token: str, filters: Row
+) -> tuple[datetime.datetime | None, str]:
     try:
         data = base64.urlsafe_b64decode(token.encode("ascii"))
         # The decoder skips characters after the padding; a token that does
@@ -264,12 +267,17 @@ def _decode_page_token(token: str, filters: Row) -> tuple[datetime.datetime, str
         if base64.urlsafe_b64encode(data).decode("ascii") != token:
             raise ValueError("not canonical base64")
         payload = json.loads(data)
-        created_at = datetime.datetime.fromisoformat(payload["t"])
+        created_at = (
+            None
+            if payload["t"] is None
+            else datetime.datetime.fromisoformat(payload["t"])
+        )
         session_id = payload["i"]
         digest = payload["f"]
         # The id goes into the query: PostgreSQL rejects a NUL in it with an
         # error that is not a database error.
-        if created_at.tzinfo is not None or not isinstance(session_id, str):
+        aware = created_at is not None and created_at.tzinfo is not None
+        if aware or not isinstance(session_id, str):
             raise ValueError("not a time and id this server wrote")
         validation.identifier("page_token", session_id)
     except (
@@ -313,14 +321,27 @@ def list_sessions(
         query = query.where(Session.created_at >= created_after)
     if created_before is not None:
         query = query.where(Session.created_at < created_before)
+    after: tuple[datetime.datetime | None, str] | None = None
     if page_token:
-        created_at, session_id = _decode_page_token(page_token, filters)
-        query = query.where(
-            peewee.Tuple(Session.created_at, Session.id)
-            < peewee.Tuple(created_at, session_id)
-        )
-    query = query.order_by(Session.created_at.desc(), Session.id.desc())
-    rows = [session_row(session) for session in query.limit(page_size + 1)]
+        after = _decode_page_token(page_token, filters)
+    rows: list[Row] = []
+    if after is None or after[0] is not None:
+        dated = query.where(Session.created_at.is_null(False))
+        if after is not None:
+            dated = dated.where(
+                peewee.Tuple(Session.created_at, Session.id) < peewee.Tuple(*after)
+            )
+        dated = dated.order_by(Session.created_at.desc(), Session.id.desc())
+        rows = [session_row(session) for session in dated.limit(page_size + 1)]
+    # Rows written by hand may have no creation time: they come last, by id.
+    # A time filter never matches them.
+    if len(rows) <= page_size and created_after is None and created_before is None:
+        undated = query.where(Session.created_at.is_null())
+        if after is not None and after[0] is None:
+            undated = undated.where(Session.id < after[1])
+        undated = undated.order_by(Session.id.desc())
+        limit = page_size + 1 - len(rows)
+        rows += [session_row(session) for session in undated.limit(limit)]
     next_token = ""
     if len(rows) > page_size:
         rows = rows[:page_size]
