@@ -14,6 +14,7 @@ import json
 import logging
 import select
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +26,21 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "editstore_state"
 POLL_SECONDS = 1.0
+# Marks the notifications of this process. Its own changes reach its watchers
+# from the write path already; read back through LISTEN they would make each
+# watcher read the database for versions it is about to get anyway, and fall
+# behind the kept history when writes come fast.
+# NOTE: the mark is per process, so two daemons run in one process would not
+# see each other's changes; the command line starts one daemon per process.
+ORIGIN = uuid.uuid4().hex
 
 
 def notify(payload: dict[str, Any]) -> None:
     """Send a notification in the current transaction; a no-op on SQLite."""
     database = Session._meta.database.obj
     if isinstance(database, peewee.PostgresqlDatabase):
-        database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload)))
+        text = json.dumps({**payload, "origin": ORIGIN})
+        database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, text))
 
 
 class Listener:
@@ -77,7 +86,10 @@ class Listener:
                 while connection.notifies:
                     message = connection.notifies.pop(0)
                     try:
-                        self._on_payload(json.loads(message.payload))
+                        payload = json.loads(message.payload)
+                        if payload.get("origin") == ORIGIN:
+                            continue
+                        self._on_payload(payload)
                     except Exception:
                         logger.exception("notification %r failed", message.payload)
         finally:
