@@ -1,7 +1,7 @@
 """The Python client library of editstore.
 
 `Client` and `AsyncClient` call every method of the daemon's
-``SessionService`` and ``StateService`` and return pydantic models;
+``SessionService`` and ``StateService`` and return pydantic models.
 `StateWriter` buffers state updates of one session and sends them in the
 background. Errors are raised as subclasses of `EditstoreError`, one per
 gRPC status code.

@@ -164,7 +164,7 @@ def update_session(
 
 def delete_session(session_id: str) -> UnaryCall[int]:
     request = session_pb2.DeleteSessionRequest(id=session_id)
-    # A second attempt after a lost answer would return NOT_FOUND.
+    # A second attempt after a lost response would return NOT_FOUND.
     return UnaryCall(
         "session",
         "DeleteSession",

@@ -117,8 +117,8 @@ class AsyncClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # Checked as the folder client/, this module sees the editstore.client
-    # imports as Any, and mypy then flags the TypeVar of the return type.
+    # When mypy checks the folder client/, it resolves the editstore.client
+    # imports to Any and then flags the TypeVar of the return type.
     async def _invoke(
         self,
         call: _calls.UnaryCall[T],
@@ -169,7 +169,7 @@ class AsyncClient:
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Session:
-        """Create a session, IN_PROGRESS unless ``status`` says otherwise.
+        """Create a session, IN_PROGRESS unless another ``status`` is given.
 
         Raises:
             InvalidArgument: ``image_path`` or ``naive_prompt`` is empty.

@@ -10,8 +10,8 @@ Example::
         print(client.get_state(session.id).document)
 
 Every call has a deadline (``timeout``, 10 s unless set). Reads, and writes
-that carry a request id, are retried after UNAVAILABLE as the `RetryPolicy`
-says. The client gives every create, put and patch a fresh request id
+that carry a request id, are retried after UNAVAILABLE as set by the
+`RetryPolicy`. The client gives every create, put and patch a fresh request id
 (a UUID) unless the caller passes one, and sends that same id on each retry,
 so a write whose answer was lost is applied once. Errors are raised as the
 `EditstoreError` subclass of their status code.
@@ -159,8 +159,8 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # Checked as the folder client/, this module sees the editstore.client
-    # imports as Any, and mypy then flags the TypeVar of the return type.
+    # When mypy checks the folder client/, it resolves the editstore.client
+    # imports to Any and then flags the TypeVar of the return type.
     def _invoke(
         self,
         call: _calls.UnaryCall[T],
@@ -211,7 +211,7 @@ class Client:
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Session:
-        """Create a session, IN_PROGRESS unless ``status`` says otherwise.
+        """Create a session, IN_PROGRESS unless another ``status`` is given.
 
         Raises:
             InvalidArgument: ``image_path`` or ``naive_prompt`` is empty.

@@ -1,6 +1,6 @@
 """The state writer's local journal: a JSON file per session.
 
-The journal holds the last document the daemon acknowledged and the merge
+The journal contains the last document the daemon acknowledged and the merge
 patches it has not acknowledged yet, so that a new process can send what an
 earlier one could not. It is the session's local state file::
 

@@ -86,8 +86,8 @@ def compose_merge_patches(first: JSONObject, second: JSONObject) -> JSONObject |
 
     Returns ``None`` when no single merge patch can do it. That happens when
     ``first`` sets a member to null or to a non-object and ``second`` then
-    sets an object there: applied in turn they replace the member with that
-    object, while one patch holding the object would merge it into the
+    sets an object there. Applied in turn, they replace the member with that
+    object. One patch containing the object would instead merge it into the
     member the document had before.
 
     Neither argument is changed.

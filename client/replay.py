@@ -13,7 +13,7 @@ how many are stored and how many of those are equal to what was sent::
 
 With ``--restart-daemon-every N`` the replay kills its daemon with SIGKILL
 after every N sessions, while the next session's calls are in flight, and
-starts it again; the client's retries with request ids must still leave
+starts it again. The client's retries with request ids must still leave
 nothing lost and nothing doubled. The exit code is 0 when every count
 agrees, 1 when anything differs and 2 for bad arguments.
 """
@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=pathlib.Path,
         help="file for the started daemon's output (default: in a temporary folder)",
     )
+
     data = parser.add_argument_group("data")
     data.add_argument(
         "--instructpix2pix",
@@ -119,6 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--limit", type=int, metavar="N", help="replay at most N sessions"
     )
+
     agent = parser.add_argument_group("agent")
     agent.add_argument(
         "--flush-interval",
@@ -138,6 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="deadline of each call attempt in seconds (default: 10)",
     )
     agent.add_argument("--seed", type=int, default=0, help="seed of the restart delays")
+
     parser.add_argument(
         "--json", action="store_true", help="print the table as a JSON object"
     )
@@ -145,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class SentSession:
-    """What the replay sent for one session, to compare with what is stored."""
+    """The records sent for one session, to compare with the stored ones."""
 
     session: Session
     plan: SessionPlan
@@ -234,6 +237,7 @@ class Agent:
                 }
             },
         )
+
         self._update(
             sent,
             writer,
@@ -246,6 +250,7 @@ class Agent:
                 },
             },
         )
+
         self._update(sent, writer, {"current_stage": "refinement"})
         for prompt in plan.prompts:
             created = client.create_prompt(
@@ -269,6 +274,7 @@ class Agent:
                     }
                 },
             )
+
         final = plan.prompts[-1]
         self._update(
             sent,
@@ -290,6 +296,7 @@ class Agent:
                 "edited_image_path": f"edited/{session_id}.png",
             },
         )
+
         modified = len(plan.target_entities)
         validation = client.create_validation(
             session_id,
@@ -316,6 +323,7 @@ class Agent:
                 },
             },
         )
+
         feedback = client.create_user_feedback(
             session_id,
             plan.feedback_type,
@@ -323,6 +331,7 @@ class Agent:
             rating=plan.rating,
         )
         sent.feedback.append(_feedback_fields(feedback))
+
         client.update_session(
             session_id,
             status=SessionStatus.COMPLETED,
@@ -436,7 +445,10 @@ def run(args: argparse.Namespace) -> int:
     photo = load_coco(args.coco) if args.coco else None
     plans = plan_sessions(ip2p, gier, photo, args.limit)
     if not plans:
-        print("editstore replay: error: the data holds no requests", file=sys.stderr)
+        print(
+            "editstore replay: error: no requests found in the data files",
+            file=sys.stderr,
+        )
         return 2
 
     with tempfile.TemporaryDirectory(prefix="editstore-replay-") as scratch:

@@ -42,7 +42,7 @@ class DaemonProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the daemon and wait until its health check says SERVING.
+        """Start the daemon and wait until its health check reports SERVING.
 
         Raises:
             RuntimeError: The daemon exited while starting.

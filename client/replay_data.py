@@ -5,10 +5,10 @@ Three public data sets give the parts of a session:
 - InstructPix2Pix human edits (JSON lines of ``input``, ``edit``,
   ``output``): the ``edit`` is the naive prompt, and the ``output`` caption
   the refined prompt;
-- GIER requests (a JSON list; ``detailed_request`` is often a bare ``NaN``
-  token, which Python's ``json`` accepts): the ``request`` is the naive
-  prompt, and the detailed request and the expert and amateur summaries the
-  refinements;
+- GIER requests, a JSON list: the ``request`` is the naive prompt, and the
+  detailed request and the expert and amateur summaries are the
+  refinements. ``detailed_request`` is often a bare ``NaN`` token, which
+  Python's ``json`` accepts and this module reads as missing;
 - a COCO photo with its annotations: the photo is the session's image and
   each annotated object an entity (``cat_0``, ``remote_1``, ...).
 
@@ -66,7 +66,7 @@ class SessionPlan:
     """Everything the replay sends for one session."""
 
     source: str
-    """Where the naive prompt comes from, e.g. ``"gier:2l7rum_2l7rum.jpg"``."""
+    """The data set and record of the naive prompt, e.g. ``"gier:2l7rum.jpg"``."""
     image_path: str
     naive_prompt: str
     prompts: list[PromptPlan]

@@ -4,7 +4,7 @@ The message size and keepalive values match the daemon's defaults: the
 daemon accepts messages of its document size limit (4 MiB) plus 64 KiB for
 the rest of the message, and permits a ping every 10 seconds, so the client
 pings every 30 seconds even between calls and gives up on a connection that
-does not answer within 10 seconds.
+does not acknowledge a ping within 10 seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ DEFAULT_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How calls that are safe to repeat are retried after UNAVAILABLE.
+    """The retry rule of calls that are safe to repeat, after UNAVAILABLE.
 
     The wait before retry ``n`` (from 0) is drawn uniformly from 0 to
     ``min(max_backoff, initial_backoff * multiplier ** n)`` seconds ("full
@@ -60,7 +60,7 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Where the daemon is and how to talk to it.
+    """The daemon's address and the options of the connection to it.
 
     Attributes:
         address: The daemon's ``host:port``.

@@ -15,10 +15,10 @@ into one and sends it with ``PatchState``:
 - on `StateWriter.close`, on leaving a ``with`` block and at interpreter
   exit, each waiting at most ``exit_timeout`` seconds (10 unless set).
 
-Each merged batch is sent with a request id, and a batch that fails with a
+Each merged batch is sent with a request id. A batch that fails with a
 transient error (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN) is sent
 again with the same id after a backoff with full jitter, so the daemon
-applies every update exactly once however often the daemon is down. Updates
+applies every update exactly once however often it is down. Updates
 queued while a batch is in flight wait in a separate pending patch and go in
 the next batch. A batch the daemon rejects (INVALID_ARGUMENT, NOT_FOUND,
 RESOURCE_EXHAUSTED, ...) is logged, dropped and raised by the next `flush`;
@@ -65,7 +65,7 @@ DEFAULT_EXIT_TIMEOUT = 10.0
 DEFAULT_BACKOFF = RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
 
 # Codes after which the daemon may not have seen the batch, or may have
-# applied it and failed to answer. Both are safe to send again because the
+# applied it and failed to send the response. Both are safe to send again because the
 # batch carries its request id.
 _TRANSIENT_CODES = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"}
@@ -76,7 +76,7 @@ _MISSING = object()
 
 
 class StateTransport(Protocol):
-    """What the writer needs of a client: `Client` has it."""
+    """The part of a client the writer uses; `Client` implements it."""
 
     def patch_state(
         self,
@@ -233,8 +233,8 @@ class StateWriter:
         Raises:
             RuntimeError: The writer is closed.
             ValueError: The patch contains NaN or Infinity.
-            TypeError: The patch is not a dict or holds a value JSON cannot
-                represent.
+            TypeError: The patch is not a dict or contains a value JSON
+                cannot represent.
         """
         if self._closed:
             raise RuntimeError(f"state writer of session {self.session_id} is closed")
@@ -420,7 +420,7 @@ class StateWriter:
                 # one interval.
                 self._next_send_at = now + self.flush_interval
             self._save_journal()
-            self._answer_waiters()
+            self._release_waiters()
             if self._stopping and not (self._batches or self._pending):
                 return False
             return not self._abandoned
@@ -521,7 +521,7 @@ class StateWriter:
             if waiter.error is None and waiter.target > acknowledged:
                 waiter.error = error
 
-    def _answer_waiters(self) -> None:
+    def _release_waiters(self) -> None:
         remaining = []
         for waiter in self._waiters:
             if self._acknowledged >= waiter.target:
