@@ -39,9 +39,9 @@ class RetryPolicy:
     attempt would start more than ``max_elapsed`` seconds after the first.
     """
 
-    max_attempts: int = 8
+    max_attempts: int = 10
     initial_backoff: float = 0.1
-    max_backoff: float = 3.0
+    max_backoff: float = 5.0
     multiplier: float = 2.0
     max_elapsed: float = 30.0
 

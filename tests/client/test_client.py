@@ -21,6 +21,7 @@ from editstore.client import (
     FeedbackType,
     InvalidArgument,
     NotFound,
+    RetryPolicy,
     Session,
     SessionStatus,
     Unavailable,
@@ -414,7 +415,9 @@ def test_watch_missing_session_is_not_found(client: Client) -> None:
 
 
 def test_reads_are_retried_while_daemon_restarts(daemon: Daemon) -> None:
-    with Client(daemon.address) as client:
+    # A restart takes seconds on a loaded machine: allow a minute of retries.
+    policy = RetryPolicy(max_attempts=200, max_backoff=0.5, max_elapsed=60)
+    with Client(daemon.address, retry=policy) as client:
         session = make_session(client)
         daemon.kill()
         restarter = threading.Timer(0.5, daemon.start)
@@ -429,8 +432,6 @@ def test_reads_are_retried_while_daemon_restarts(daemon: Daemon) -> None:
 
 
 def test_down_daemon_is_unavailable_after_retries(daemon: Daemon) -> None:
-    from editstore.client import RetryPolicy
-
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
     with Client(daemon.address, retry=policy) as client:
         daemon.kill()
@@ -438,3 +439,32 @@ def test_down_daemon_is_unavailable_after_retries(daemon: Daemon) -> None:
             client.list_sessions()
         assert caught.value.code == grpc.StatusCode.UNAVAILABLE
         assert isinstance(caught.value.__cause__, grpc.RpcError)
+
+
+def test_watch_reconnects_after_daemon_restart(daemon: Daemon) -> None:
+    with Client(daemon.address) as client:
+        session = make_session(client)
+        client.patch_state(session.id, {"step": 1})
+        watch = client.watch_state(session.id)
+        try:
+            snapshot = next(watch)
+            assert snapshot.type == WatchEventType.SNAPSHOT
+            daemon.kill()
+            daemon.start()
+            client.patch_state(session.id, {"step": 2})
+            client.patch_state(session.id, {"step": 3})
+            events = []
+            while len(events) < 2:
+                event = next(watch)
+                if event.type != WatchEventType.HEARTBEAT:
+                    events.append(event)
+        finally:
+            watch.close()
+    # The watch came back from version 1: no snapshot again, no gap.
+    assert [event.type for event in events] == [
+        WatchEventType.CHANGE,
+        WatchEventType.CHANGE,
+    ]
+    assert [event.state.version for event in events if event.state] == [2, 3]
+    assert events[1].state is not None
+    assert events[1].state.document == {"step": 3}

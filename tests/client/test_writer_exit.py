@@ -137,7 +137,7 @@ def test_recovery_does_not_apply_a_landed_batch_twice(
     assert batch["request_id"]
 
     # The batch reached the daemon just before the program died: the daemon
-    # applied it, and the program never saw the answer.
+    # applied it, and the program never saw the response.
     daemon.start()
     with Client(daemon.address) as client:
         landed = client.patch_state(
