@@ -499,6 +499,8 @@ def test_container_keeps_session_across_restart(
         ]
         health = first.exec(*health_command)
         assert health.returncode == 0, health.stdout + health.stderr
+        client = first.exec("python3", "-c", "import editstore.client")
+        assert client.returncode == 0, client.stderr
 
         with grpc.insecure_channel(first.address) as channel:
             sessions = session_pb2_grpc.SessionServiceStub(channel)
