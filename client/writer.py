@@ -71,6 +71,10 @@ _TRANSIENT_CODES = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"}
 )
 _NO_RETRY = RetryPolicy(max_attempts=1)
+
+# Writers not closed yet, closed together at interpreter exit.
+_OPEN_WRITERS: set[StateWriter] = set()
+_OPEN_WRITERS_LOCK = threading.Lock()
 _encode = jsondoc.dumps
 _MISSING = object()
 
@@ -197,8 +201,9 @@ class StateWriter:
         self._thread = threading.Thread(
             target=self._run, name=f"editstore-state-writer-{session_id}", daemon=True
         )
+        with _OPEN_WRITERS_LOCK:
+            _OPEN_WRITERS.add(self)
         self._thread.start()
-        atexit.register(self._close_at_exit)
 
     @classmethod
     def recover(
@@ -293,15 +298,27 @@ class StateWriter:
         Returns:
             True when everything was acknowledged.
         """
-        if self._closed:
+        request = self._begin_close()
+        if request is None:
             return not self._thread.is_alive() and not self._has_unsent()
-        self._closed = True
-        atexit.unregister(self._close_at_exit)
+        return self._finish_close(
+            request, self.exit_timeout if timeout is None else timeout
+        )
+
+    def _begin_close(self) -> _FlushRequest | None:
+        """Queue the final send; ``None`` when the writer is already closed."""
+        with _OPEN_WRITERS_LOCK:
+            if self._closed:
+                return None
+            self._closed = True
+            _OPEN_WRITERS.discard(self)
         request = _FlushRequest(closing=True)
         self._inbox.append(request)
         self._wakeup.set()
-        wait = self.exit_timeout if timeout is None else timeout
-        self._thread.join(wait)
+        return request
+
+    def _finish_close(self, request: _FlushRequest, timeout: float) -> bool:
+        self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon()
             return False
@@ -312,19 +329,6 @@ class StateWriter:
                 request.error,
             )
         return not self._has_unsent()
-
-    def _close_at_exit(self) -> None:
-        try:
-            if not self.close():
-                logger.warning(
-                    "state writer of session %s exited with updates unsent%s",
-                    self.session_id,
-                    "; they are in the journal" if self.journal_path else "",
-                )
-        except Exception:
-            logger.exception(
-                "state writer of session %s failed at exit", self.session_id
-            )
 
     def __enter__(self) -> StateWriter:
         return self
@@ -602,3 +606,38 @@ class StateWriter:
             self.session_id,
             unsent,
         )
+
+
+def _close_open_writers() -> None:
+    """Close every open writer at interpreter exit, all at the same time.
+
+    Each writer waits at most its ``exit_timeout``, counted from the start of
+    this function, so many writers do not add up their waits.
+    """
+    with _OPEN_WRITERS_LOCK:
+        writers = list(_OPEN_WRITERS)
+    started = time.monotonic()
+    requests = [(writer, writer._begin_close()) for writer in writers]
+    for writer, request in requests:
+        if request is None:
+            continue
+        remaining = max(0.0, writer.exit_timeout - (time.monotonic() - started))
+        try:
+            delivered = writer._finish_close(request, remaining)
+        except Exception:
+            logger.exception(
+                "state writer of session %s failed at exit", writer.session_id
+            )
+            continue
+        if not delivered:
+            logger.warning(
+                "state writer of session %s exited with updates unsent%s",
+                writer.session_id,
+                "; they are in the journal" if writer.journal_path else "",
+            )
+
+
+# atexit handlers run after the main thread ends and before daemon threads
+# stop, so the writers' threads can still send. Not on os._exit or SIGKILL:
+# the journal is for those.
+atexit.register(_close_open_writers)
