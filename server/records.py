@@ -286,6 +286,7 @@ def _decode_page_token(
         TypeError,
         binascii.Error,
         UnicodeError,
+        RecursionError,
         InvalidArgument,
     ):
         raise InvalidArgument(

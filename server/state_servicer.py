@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -20,10 +20,33 @@ from editstore.v1 import session_pb2, state_pb2
 
 logger = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext
-# Updates read from a stream but not yet acknowledged; the stream stops reading
-# when this many are in flight, which bounds its memory.
+Context: TypeAlias = grpc.aio.ServicerContext
+# Updates read from a stream but not yet acknowledged: the stream stops reading
+# while this many, or this many documents' worth of bytes, are in flight, which
+# bounds the memory one stream holds.
 MAX_UPDATES_IN_FLIGHT = 1024
+UPDATE_BYTES_IN_FLIGHT_FACTOR = 4
+_Pending = tuple[int, "asyncio.Future[Any]", int]
+
+
+class _ByteBudget:
+    """Bytes of updates in flight on one stream, waited on when over the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._released = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        # One update is always let through, so no size can stall the stream.
+        while self._used and self._used + size > self._limit:
+            self._released.clear()
+            await self._released.wait()
+        self._used += size
+
+    def release(self, size: int) -> None:
+        self._used -= size
+        self._released.set()
 
 
 class StreamSlots:
@@ -158,17 +181,22 @@ class StateServicer:
         context: Context,
     ) -> AsyncIterator[state_pb2.StreamStateUpdatesResponse]:
         with self._slots.hold("StreamStateUpdates"):
-            pending: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None] = (
-                asyncio.Queue(MAX_UPDATES_IN_FLIGHT)
+            pending: asyncio.Queue[_Pending | None] = asyncio.Queue(
+                MAX_UPDATES_IN_FLIGHT
             )
-            reader = asyncio.create_task(self._read_updates(requests, pending))
+            budget = _ByteBudget(
+                UPDATE_BYTES_IN_FLIGHT_FACTOR * self._limits.max_document_bytes
+            )
+            reader = asyncio.create_task(self._read_updates(requests, pending, budget))
             try:
                 while True:
                     item = await pending.get()
                     if item is None:
                         break
-                    sequence, future = item
-                    yield await self._acknowledge(sequence, future)
+                    sequence, future, size = item
+                    response = await self._acknowledge(sequence, future)
+                    budget.release(size)
+                    yield response
                 await reader
             finally:
                 reader.cancel()
@@ -176,11 +204,14 @@ class StateServicer:
     async def _read_updates(
         self,
         requests: AsyncIterator[state_pb2.StreamStateUpdatesRequest],
-        pending: asyncio.Queue[tuple[int, asyncio.Future[Any]] | None],
+        pending: asyncio.Queue[_Pending | None],
+        budget: _ByteBudget,
     ) -> None:
         try:
             async for update in requests:
-                await pending.put((update.sequence, self._start_update(update)))
+                size = update.ByteSize()
+                await budget.acquire(size)
+                await pending.put((update.sequence, self._start_update(update), size))
         finally:
             await pending.put(None)
 
