@@ -21,6 +21,7 @@ from editstore.client import (
     FeedbackType,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     RetryPolicy,
     Session,
     SessionStatus,
@@ -468,3 +469,17 @@ def test_watch_reconnects_after_daemon_restart(daemon: Daemon) -> None:
     assert [event.state.version for event in events if event.state] == [2, 3]
     assert events[1].state is not None
     assert events[1].state.document == {"step": 3}
+
+
+def test_document_size_limit_passes_the_channel(client: Client) -> None:
+    session = make_session(client)
+    limit = 4 * 1024 * 1024
+    # Compact JSON of {"blob": "..."} is the string plus 11 bytes.
+    largest = {"blob": "x" * (limit - 11)}
+    stored = client.put_state(session.id, largest)
+    assert stored.version == 1
+    assert client.get_state(session.id).document == largest
+    # One byte over: the daemon's own check rejects it, not the channel's.
+    with pytest.raises(ResourceExhausted) as caught:
+        client.put_state(session.id, {"blob": "x" * (limit - 10)})
+    assert "4194304" in caught.value.message
