@@ -35,7 +35,8 @@ patches sends them at once, with the request ids they had::
     writer.flush()
 
 The writer only applies patches. It never reads the document back, so other
-writers of the same session keep their changes.
+writers of the same session keep their changes. It sends through the client
+it was given, so close the writer before closing that client.
 """
 
 from __future__ import annotations
