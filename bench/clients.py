@@ -1,4 +1,4 @@
-"""Which load generator drives the echo server hardest.
+"""The load generator designs, compared by how hard they drive the echo server.
 
 A client that runs out of CPU before the server does hides the server's
 cost, so the write benchmarks use the client design that gets the most out

@@ -44,9 +44,8 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
         else:
             self.StreamStateUpdates = self._stream_tasks  # type: ignore[method-assign]
         self._versions: collections.Counter[str] = collections.Counter()
-        self._watchers: dict[str, set[asyncio.Queue[str]]] = collections.defaultdict(
-            set
-        )
+        self._watchers: dict[str, set[asyncio.Queue[state_pb2.WatchStateResponse]]]
+        self._watchers = collections.defaultdict(set)
         # The daemon answers with the whole document after the patch, so the
         # echo sends a document of the same size.
         self._document_json = base_document_json("0" * 36)
@@ -67,11 +66,21 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> session_pb2.StateDocument:
         self._versions[request.session_id] += 1
-        version = self._versions[request.session_id]
-        for queue in self._watchers.get(request.session_id, ()):
-            if not queue.full():
-                queue.put_nowait(request.merge_patch_json)
-        return self._document(request.session_id, version)
+        document = self._document(
+            request.session_id, self._versions[request.session_id]
+        )
+        watchers = self._watchers.get(request.session_id)
+        if watchers:
+            # One event object for all watchers, as a server would share it.
+            event = state_pb2.WatchStateResponse(
+                type=state_pb2.WATCH_EVENT_TYPE_CHANGE,
+                state=document,
+                merge_patch_json=request.merge_patch_json,
+            )
+            for queue in watchers:
+                if not queue.full():
+                    queue.put_nowait(event)
+        return document
 
     async def _stream_generator(
         self,
@@ -122,7 +131,9 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
         request: state_pb2.WatchStateRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[state_pb2.WatchStateResponse]:
-        queue: asyncio.Queue[str] = asyncio.Queue(WATCH_QUEUE_SIZE)
+        queue: asyncio.Queue[state_pb2.WatchStateResponse] = asyncio.Queue(
+            WATCH_QUEUE_SIZE
+        )
         self._watchers[request.session_id].add(queue)
         try:
             yield state_pb2.WatchStateResponse(
@@ -130,14 +141,7 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
                 state=self._document(request.session_id, 0),
             )
             while True:
-                patch = await queue.get()
-                yield state_pb2.WatchStateResponse(
-                    type=state_pb2.WATCH_EVENT_TYPE_CHANGE,
-                    state=self._document(
-                        request.session_id, self._versions[request.session_id]
-                    ),
-                    merge_patch_json=patch,
-                )
+                yield await queue.get()
         finally:
             self._watchers[request.session_id].discard(queue)
 

@@ -1,6 +1,6 @@
 """Run editstore's benchmarks and print every figure next to its baseline.
 
-    python -m bench                 # everything, about 5 s a run, 2 rounds
+    python -m bench                 # everything, about 5 s a run, 3 rounds
     python -m bench --quick         # about 1 s a run, 1 round
     python -m bench --only writes,watch --seconds 3
 
@@ -74,7 +74,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=2,
+        default=3,
         help="runs of each write measurement; the median is reported",
     )
     parser.add_argument(

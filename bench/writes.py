@@ -2,8 +2,9 @@
 
 Each round runs, back to back, the echo server and the daemon over unary
 calls, ``SqliteSaver``, and the echo server and the daemon over streams, so
-that every ratio compares runs made within the same minute or two. The
-figures are the medians over the rounds.
+that every ratio compares runs made within the same minute. Odd rounds run
+the daemon before the echo server. The figures are the medians over the
+rounds.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class WriteSettings:
 
     seconds: float = 5.0
     warmup: float = 0.5
-    rounds: int = 2
+    rounds: int = 3
     callers: int = 64
     processes: int = 2
     client: str = "aio"
@@ -101,6 +102,32 @@ def median_result(results: list[LoadResult]) -> LoadResult:
     return ordered[(len(ordered) - 1) // 2]
 
 
+Run = tuple[str, servers.ServerProcess, list[str], LoadConfig]
+
+
+def run_pair(
+    pair: list[Run],
+    round_index: int,
+    settings: WriteSettings,
+    runs: dict[str, list[LoadResult]],
+) -> None:
+    """Load the two servers of pair one after the other; add to runs."""
+    # Odd rounds start with the second server, so a machine that gets busier
+    # or quieter during a round favours neither.
+    ordered = pair[::-1] if round_index % 2 else pair
+    for name, server, sessions, config in ordered:
+        result = run_load(
+            server.address,
+            sessions,
+            config,
+            settings.seconds,
+            settings.warmup,
+            server.pid,
+        )
+        runs[name].append(result)
+        logger.info("round %d %s: %.0f/s", round_index, name, result.rate)
+
+
 def bench_writes(workdir: pathlib.Path, settings: WriteSettings) -> list[Figure]:
     """Measure unary and stream writes on the echo server, the daemon and peers."""
     echo = servers.echo_server(workdir)
@@ -119,20 +146,15 @@ def bench_writes(workdir: pathlib.Path, settings: WriteSettings) -> list[Figure]
         daemon_sessions = create_sessions(daemon.address, settings.callers)
         echo_sessions = [str(uuid.uuid4()) for _ in range(settings.callers)]
         for round_index in range(settings.rounds):
-            for name, server, sessions, config in (
-                ("echo unary", echo, echo_sessions, unary),
-                ("daemon unary", daemon, daemon_sessions, unary),
-            ):
-                result = run_load(
-                    server.address,
-                    sessions,
-                    config,
-                    settings.seconds,
-                    settings.warmup,
-                    server.pid,
-                )
-                runs[name].append(result)
-                logger.info("round %d %s: %.0f/s", round_index, name, result.rate)
+            run_pair(
+                [
+                    ("echo unary", echo, echo_sessions, unary),
+                    ("daemon unary", daemon, daemon_sessions, unary),
+                ],
+                round_index,
+                settings,
+                runs,
+            )
             saver = run_peer(
                 [
                     "saver",
@@ -149,20 +171,15 @@ def bench_writes(workdir: pathlib.Path, settings: WriteSettings) -> list[Figure]
             )
             saver_rates.append(saver["count"] / saver["seconds"])
             logger.info("round %d saver: %.0f/s", round_index, saver_rates[-1])
-            for name, server, sessions, config in (
-                ("echo stream", echo, echo_sessions, stream),
-                ("daemon stream", daemon, daemon_sessions, stream),
-            ):
-                result = run_load(
-                    server.address,
-                    sessions,
-                    config,
-                    settings.seconds,
-                    settings.warmup,
-                    server.pid,
-                )
-                runs[name].append(result)
-                logger.info("round %d %s: %.0f/s", round_index, name, result.rate)
+            run_pair(
+                [
+                    ("echo stream", echo, echo_sessions, stream),
+                    ("daemon stream", daemon, daemon_sessions, stream),
+                ],
+                round_index,
+                settings,
+                runs,
+            )
     sqlite_rates = {}
     for batch in (1, settings.sqlite_batch):
         database = workdir / f"sqlite-{batch}.db"
