@@ -262,12 +262,18 @@ class Container:
     """One ``buildah run`` of the image's entrypoint, like ``docker run``."""
 
     def __init__(
-        self, image: Image, volume: pathlib.Path, port: int, log_path: pathlib.Path
+        self,
+        image: Image,
+        volume: pathlib.Path,
+        port: int,
+        log_path: pathlib.Path,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.image = image
         self.volume = volume
         self.address = f"127.0.0.1:{port}"
         self.log_path = log_path
+        self.env = {"EDITSTORE_LISTEN": self.address, **(env or {})}
         self.name = f"editstore-test-{uuid.uuid4().hex[:12]}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -276,6 +282,7 @@ class Container:
         buildah = self.image.buildah
         buildah("from", "--pull=never", "--name", self.name, self.image.reference)
         command = [*self.image.config["Entrypoint"], *self.image.config["Cmd"]]
+        env_args = [arg for k, v in self.env.items() for arg in ("--env", f"{k}={v}")]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -285,8 +292,7 @@ class Container:
                     "chroot",
                     "--volume",
                     f"{self.volume}:{DATA_DIR}",
-                    "--env",
-                    f"EDITSTORE_LISTEN={self.address}",
+                    *env_args,
                     self.name,
                     "--",
                     *command,
@@ -542,3 +548,44 @@ def test_container_keeps_session_across_restart(
         assert second.stop() == 0, second.log()[-4000:]
     finally:
         second.remove()
+
+
+@pytest.mark.container
+@needs_container_run
+@pytest.mark.timeout(900)
+def test_container_stores_sessions_in_postgres(
+    image: Image, postgres_url: str, tmp_path: pathlib.Path
+) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.chown(volume, *image.user_ids())
+    # The container shares the host's network, so the PostgreSQL server on
+    # 127.0.0.1 is reachable from inside it at the same address.
+    container = Container(
+        image,
+        volume,
+        free_port(),
+        tmp_path / "container.log",
+        env={"EDITSTORE_DATABASE": postgres_url},
+    )
+    try:
+        container.start()
+        with grpc.insecure_channel(container.address) as channel:
+            sessions = session_pb2_grpc.SessionServiceStub(channel)
+            created = sessions.CreateSession(
+                session_pb2.CreateSessionRequest(
+                    session=session_pb2.Session(
+                        image_path="photos/street.jpg",
+                        naive_prompt="remove the cars",
+                    )
+                ),
+                timeout=10,
+            )
+            stored = sessions.GetSession(
+                session_pb2.GetSessionRequest(id=created.id), timeout=10
+            )
+        assert stored == created
+        assert container.stop() == 0, container.log()[-4000:]
+    finally:
+        container.remove()
+    assert list(volume.iterdir()) == []
