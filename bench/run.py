@@ -52,9 +52,24 @@ def machine_description() -> str:
     return f"{os.cpu_count()} cores (nproc), {model}, {memory}"
 
 
-def load_average() -> str:
+def machine_load() -> str:
+    """Return the load average, and the CPU and I/O pressure where Linux has it.
+
+    Pressure is the share of the last 60 s in which some task waited for the
+    resource; other engineers' work on a shared machine shows up there.
+    """
     one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    text = f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+    for resource in ("cpu", "io"):
+        try:
+            with open(f"/proc/pressure/{resource}") as pressure:
+                fields = dict(
+                    item.split("=") for item in pressure.readline().split()[1:]
+                )
+            text += f", {resource} pressure {fields['avg60']}%"
+        except (OSError, KeyError, ValueError):
+            pass
+    return text
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -202,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date:    {started:%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine_description()}")
     print(f"command: {command}")
-    print(f"load average at start: {load_average()}", flush=True)
+    print(f"at start: {machine_load()}", flush=True)
     if arguments.workdir is not None:
         arguments.workdir.mkdir(parents=True, exist_ok=True)
         figures = run_benchmarks(arguments, arguments.workdir)
@@ -210,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="editstore-bench-") as temporary:
             figures = run_benchmarks(arguments, pathlib.Path(temporary))
     elapsed = datetime.datetime.now(datetime.UTC) - started
-    print(
-        f"load average at end: {load_average()}; took {elapsed.total_seconds():.0f} s"
-    )
+    print(f"at end:  {machine_load()}; took {elapsed.total_seconds():.0f} s")
     print()
     print(format_table(figures))
     if arguments.json is not None:
