@@ -124,7 +124,9 @@ class Daemon:
         )
         slots = StreamSlots(settings.max_streams)
         limits = states.StateLimits(settings.max_document_bytes, settings.state_history)
-        session_service = SessionServicer(self._writer, self._readers)
+        session_service = SessionServicer(
+            self._writer, self._readers, settings.max_message_bytes
+        )
         state_service = StateServicer(
             self._writer,
             self._readers,

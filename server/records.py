@@ -307,8 +307,9 @@ def list_sessions(
     status: str | None,
     created_after: datetime.datetime | None,
     created_before: datetime.datetime | None,
-) -> tuple[list[Row], str]:
-    """Return a page of sessions, newest first, and the next page's token."""
+) -> tuple[list[Row], str, Row]:
+    """Return a page of sessions, newest first, the next page's token, and the
+    filters, with which ``encode_page_token`` makes a token for a shorter page."""
     if page_size < 0 or page_size > MAX_PAGE_SIZE:
         raise InvalidArgument(
             f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {page_size}"
@@ -347,7 +348,7 @@ def list_sessions(
     if len(rows) > page_size:
         rows = rows[:page_size]
         next_token = encode_page_token(rows[-1], filters)
-    return rows, next_token
+    return rows, next_token, filters
 
 
 # Records of a session
@@ -498,53 +499,123 @@ def create_feedback(session_id: str, fields: Row, request_id: str) -> Operation:
     return requests.once("CreateUserFeedback", request_id, payload, operation)
 
 
-def list_prompts(session_id: str) -> list[Row]:
-    """Return the prompts of a session by iteration."""
+DEFAULT_CHILD_PAGE_SIZE = 1000
+MAX_CHILD_PAGE_SIZE = 1000
+
+
+def _prompt_order() -> tuple[Any, ...]:
+    # Rows written by hand may lack an iteration; they come first.
+    return (peewee.fn.COALESCE(Prompt.iteration, -1), Prompt.id)
+
+
+CHILD_KINDS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "prompts": (Prompt, PROMPT_FIELDS),
+    "entities": (Entity, ENTITY_FIELDS),
+    "validations": (Validation, VALIDATION_FIELDS),
+    "user_feedback": (UserFeedback, FEEDBACK_FIELDS),
+}
+
+
+def _child_order(kind: str) -> tuple[Any, ...]:
+    model, _ = CHILD_KINDS[kind]
+    return _prompt_order() if kind == "prompts" else (model.id,)
+
+
+def _child_key(kind: str, row: Row) -> list[int]:
+    if kind == "prompts":
+        iteration = row["iteration"]
+        return [-1 if iteration is None else iteration, row["id"]]
+    return [row["id"]]
+
+
+def child_page_token(kind: str, session_id: str, last_row: Row | None) -> str:
+    """Return the token of the page after ``last_row``; None: the first page."""
+    after = None if last_row is None else _child_key(kind, last_row)
+    payload = json.dumps({"k": kind, "s": session_id, "a": after})
+    return base64.urlsafe_b64encode(payload.encode()).decode()
+
+
+def _decode_child_token(kind: str, session_id: str, token: str) -> list[int] | None:
+    try:
+        data = base64.urlsafe_b64decode(token.encode("ascii"))
+        if base64.urlsafe_b64encode(data).decode("ascii") != token:
+            raise ValueError("not canonical base64")
+        payload = json.loads(data)
+        after = payload["a"]
+        valid = (
+            payload["k"] == kind
+            and payload["s"] == session_id
+            and (
+                after is None
+                or (
+                    isinstance(after, list)
+                    and len(after) == len(_child_order(kind))
+                    and all(
+                        type(value) is int and abs(value) < 2**63 for value in after
+                    )
+                )
+            )
+        )
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        binascii.Error,
+        UnicodeError,
+        RecursionError,
+    ):
+        valid = False
+    if not valid:
+        raise InvalidArgument(
+            "page_token is not a token this server returned for this session's "
+            f"{kind}; send the next_page_token of the previous response unchanged"
+        )
+    return after  # type: ignore[no-any-return]
+
+
+def list_children(
+    kind: str, session_id: str, page_size: int, page_token: str
+) -> list[Row]:
+    """Return up to ``page_size`` + 1 records of a session, in order.
+
+    The extra row tells the caller that another page follows.
+    """
     _check_child_session(session_id)
+    if page_size < 0 or page_size > MAX_CHILD_PAGE_SIZE:
+        raise InvalidArgument(
+            f"page_size must be between 0 and {MAX_CHILD_PAGE_SIZE}, got {page_size}"
+        )
+    after = _decode_child_token(kind, session_id, page_token) if page_token else None
     _require_session(session_id)
-    query = Prompt.select().where(Prompt.session == session_id)
-    return [_row(row, PROMPT_FIELDS) for row in query.order_by(Prompt.iteration)]
-
-
-def list_entities(session_id: str) -> list[Row]:
-    """Return the entities of a session in the order they were added."""
-    _check_child_session(session_id)
-    _require_session(session_id)
-    query = Entity.select().where(Entity.session == session_id).order_by(Entity.id)
-    return [_row(row, ENTITY_FIELDS) for row in query]
-
-
-def list_validations(session_id: str) -> list[Row]:
-    """Return the validations of a session in the order they were added."""
-    _check_child_session(session_id)
-    _require_session(session_id)
-    query = Validation.select().where(Validation.session == session_id)
-    return [_row(row, VALIDATION_FIELDS) for row in query.order_by(Validation.id)]
-
-
-def list_feedback(session_id: str) -> list[Row]:
-    """Return the feedback of a session in the order it was given."""
-    _check_child_session(session_id)
-    _require_session(session_id)
-    query = UserFeedback.select().where(UserFeedback.session == session_id)
-    return [_row(row, FEEDBACK_FIELDS) for row in query.order_by(UserFeedback.id)]
+    model, fields = CHILD_KINDS[kind]
+    order = _child_order(kind)
+    query = model.select().where(model.session == session_id)
+    if after is not None:
+        if len(order) == 1:
+            query = query.where(order[0] > after[0])
+        else:
+            query = query.where(peewee.Tuple(*order) > peewee.Tuple(*after))
+    query = query.order_by(*order).limit((page_size or DEFAULT_CHILD_PAGE_SIZE) + 1)
+    return [_row(row, fields) for row in query]
 
 
 def resume(session_id: str) -> Row:
-    """Return a session with all its records; call inside a read transaction."""
+    """Return a session with the first page of each kind of record and its state.
+
+    Call inside a read transaction, so that all of it is one snapshot.
+    """
     session = get_session(session_id)
     state = SessionState.get_or_none(SessionState.session == session_id)
-    return {
-        "session": session,
-        "prompts": list_prompts(session_id),
-        "entities": list_entities(session_id),
-        "validations": list_validations(session_id),
-        "user_feedback": list_feedback(session_id),
-        "state": None
+    bundle: Row = {"session": session}
+    for kind in CHILD_KINDS:
+        bundle[kind] = list_children(kind, session_id, 0, "")
+    bundle["state"] = (
+        None
         if state is None
         else {
             "version": state.version,
             "document": state.document,
             "updated_at": state.updated_at,
-        },
-    }
+        }
+    )
+    return bundle

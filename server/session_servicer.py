@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeAlias
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import grpc
 
 from editstore.server import convert, records
 from editstore.server.readers import Readers
+from editstore.server.records import Row
 from editstore.server.writer import Writer
 from editstore.v1 import session_pb2 as pb
 
@@ -20,9 +22,13 @@ Context: TypeAlias = grpc.aio.ServicerContext
 class SessionServicer:
     """The methods of editstore.v1.SessionService."""
 
-    def __init__(self, writer: Writer, readers: Readers) -> None:
+    def __init__(
+        self, writer: Writer, readers: Readers, max_message_bytes: int
+    ) -> None:
         self._writer = writer
         self._readers = readers
+        # Room for the response's own fields and framing.
+        self._page_bytes = max_message_bytes - 1024
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Context
@@ -52,7 +58,7 @@ class SessionServicer:
             if request.HasField("create_time_before")
             else None
         )
-        rows, token = await self._readers.run(
+        rows, token, filters = await self._readers.run(
             records.list_sessions,
             request.page_size,
             request.page_token,
@@ -60,10 +66,11 @@ class SessionServicer:
             after,
             before,
         )
-        return pb.ListSessionsResponse(
-            sessions=[convert.session_message(row) for row in rows],
-            next_page_token=token,
-        )
+        sessions = [convert.session_message(row) for row in rows]
+        count = fitting(sessions, self._page_bytes)
+        if count < len(sessions):
+            token = records.encode_page_token(rows[count - 1], filters)
+        return pb.ListSessionsResponse(sessions=sessions[:count], next_page_token=token)
 
     async def UpdateSession(
         self, request: pb.UpdateSessionRequest, context: Context
@@ -96,10 +103,8 @@ class SessionServicer:
     async def ListPrompts(
         self, request: pb.ListPromptsRequest, context: Context
     ) -> pb.ListPromptsResponse:
-        rows = await self._readers.run(records.list_prompts, request.session_id)
-        return pb.ListPromptsResponse(
-            prompts=[convert.prompt_message(row, request.session_id) for row in rows]
-        )
+        rows, token = await self._list("prompts", request)
+        return pb.ListPromptsResponse(prompts=rows, next_page_token=token)
 
     async def BatchCreateEntities(
         self, request: pb.BatchCreateEntitiesRequest, context: Context
@@ -116,10 +121,8 @@ class SessionServicer:
     async def ListEntities(
         self, request: pb.ListEntitiesRequest, context: Context
     ) -> pb.ListEntitiesResponse:
-        rows = await self._readers.run(records.list_entities, request.session_id)
-        return pb.ListEntitiesResponse(
-            entities=[convert.entity_message(row, request.session_id) for row in rows]
-        )
+        rows, token = await self._list("entities", request)
+        return pb.ListEntitiesResponse(entities=rows, next_page_token=token)
 
     async def CreateValidation(
         self, request: pb.CreateValidationRequest, context: Context
@@ -133,12 +136,8 @@ class SessionServicer:
     async def ListValidations(
         self, request: pb.ListValidationsRequest, context: Context
     ) -> pb.ListValidationsResponse:
-        rows = await self._readers.run(records.list_validations, request.session_id)
-        return pb.ListValidationsResponse(
-            validations=[
-                convert.validation_message(row, request.session_id) for row in rows
-            ]
-        )
+        rows, token = await self._list("validations", request)
+        return pb.ListValidationsResponse(validations=rows, next_page_token=token)
 
     async def CreateUserFeedback(
         self, request: pb.CreateUserFeedbackRequest, context: Context
@@ -152,33 +151,72 @@ class SessionServicer:
     async def ListUserFeedback(
         self, request: pb.ListUserFeedbackRequest, context: Context
     ) -> pb.ListUserFeedbackResponse:
-        rows = await self._readers.run(records.list_feedback, request.session_id)
-        return pb.ListUserFeedbackResponse(
-            user_feedback=[
-                convert.feedback_message(row, request.session_id) for row in rows
-            ]
+        rows, token = await self._list("user_feedback", request)
+        return pb.ListUserFeedbackResponse(user_feedback=rows, next_page_token=token)
+
+    async def _list(self, kind: str, request: Any) -> tuple[list[Any], str]:
+        session_id = request.session_id
+        rows = await self._readers.run(
+            records.list_children,
+            kind,
+            session_id,
+            request.page_size,
+            request.page_token,
         )
+        page_size = request.page_size or records.DEFAULT_CHILD_PAGE_SIZE
+        return self._page(kind, session_id, rows, page_size, self._page_bytes)
+
+    @staticmethod
+    def _page(
+        kind: str, session_id: str, rows: list[Row], page_size: int, budget: int
+    ) -> tuple[list[Any], str]:
+        """Return the messages of the rows that fit and the next page's token."""
+        to_message = CHILD_MESSAGES[kind]
+        messages = [to_message(row, session_id) for row in rows[:page_size]]
+        count = fitting(messages, budget)
+        if count == len(messages) and len(rows) <= page_size:
+            return messages, ""
+        last = rows[count - 1] if count else None
+        return messages[:count], records.child_page_token(kind, session_id, last)
 
     async def ResumeSession(
         self, request: pb.ResumeSessionRequest, context: Context
     ) -> pb.ResumeSessionResponse:
         bundle = await self._readers.run(records.resume, request.id)
         session_id = request.id
-        return pb.ResumeSessionResponse(
+        response = pb.ResumeSessionResponse(
             session=convert.session_message(bundle["session"]),
-            prompts=[
-                convert.prompt_message(row, session_id) for row in bundle["prompts"]
-            ],
-            entities=[
-                convert.entity_message(row, session_id) for row in bundle["entities"]
-            ],
-            validations=[
-                convert.validation_message(row, session_id)
-                for row in bundle["validations"]
-            ],
-            user_feedback=[
-                convert.feedback_message(row, session_id)
-                for row in bundle["user_feedback"]
-            ],
             state=convert.state_message(session_id, bundle["state"]),
         )
+        budget = self._page_bytes - response.ByteSize()
+        for kind in records.CHILD_KINDS:
+            messages, token = self._page(
+                kind,
+                session_id,
+                bundle[kind],
+                records.DEFAULT_CHILD_PAGE_SIZE,
+                budget,
+            )
+            getattr(response, kind).extend(messages)
+            setattr(response, f"{kind}_next_page_token", token)
+            budget -= sum(message.ByteSize() + 8 for message in messages)
+        return response
+
+
+CHILD_MESSAGES: dict[str, Callable[[Row, str], Any]] = {
+    "prompts": convert.prompt_message,
+    "entities": convert.entity_message,
+    "validations": convert.validation_message,
+    "user_feedback": convert.feedback_message,
+}
+
+
+def fitting(messages: list[Any], budget: int) -> int:
+    """Return how many of the messages fit in ``budget`` bytes as repeated fields."""
+    total = 0
+    for index, message in enumerate(messages):
+        # A repeated field adds a tag and a length prefix to each element.
+        total += message.ByteSize() + 8
+        if total > budget:
+            return index
+    return len(messages)

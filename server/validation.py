@@ -15,7 +15,9 @@ import uuid
 from editstore.server.errors import InvalidArgument
 
 COLOR_HEX = re.compile(r"#[0-9A-Fa-f]{6}")
-MAX_TEXT_CHARS = 64 * 1024
+# Small enough that a session, its state document and a page of records always
+# fit in one gRPC message (the document limit plus 64 KiB).
+MAX_TEXT_BYTES = 16 * 1024
 MAX_ID_CHARS = 256
 INT32_MAX = 2**31 - 1
 
@@ -29,9 +31,10 @@ def text(field: str, value: str, *, required: bool = False) -> str:
     """Check a text value: valid Unicode, not too long, present if required."""
     if required and not value.strip():
         raise InvalidArgument(f"{field} is required and must not be empty")
-    if len(value) > MAX_TEXT_CHARS:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_BYTES:
         raise InvalidArgument(
-            f"{field} must be at most {MAX_TEXT_CHARS} characters, got {len(value)}"
+            f"{field} must be at most {MAX_TEXT_BYTES} bytes in UTF-8, got {size}"
         )
     if "\x00" in value:
         raise InvalidArgument(f"{field} must not contain NUL characters")

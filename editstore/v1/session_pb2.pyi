@@ -218,16 +218,22 @@ class CreatePromptRequest(_message.Message):
     def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListPromptsRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "page_size", "page_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, session_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPromptsResponse(_message.Message):
-    __slots__ = ("prompts",)
+    __slots__ = ("prompts", "next_page_token")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
-    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class BatchCreateEntitiesRequest(_message.Message):
     __slots__ = ("session_id", "entities", "request_id")
@@ -246,16 +252,22 @@ class BatchCreateEntitiesResponse(_message.Message):
     def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ...) -> None: ...
 
 class ListEntitiesRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "page_size", "page_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, session_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListEntitiesResponse(_message.Message):
-    __slots__ = ("entities",)
+    __slots__ = ("entities", "next_page_token")
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entities: _containers.RepeatedCompositeFieldContainer[Entity]
-    def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CreateValidationRequest(_message.Message):
     __slots__ = ("validation", "request_id")
@@ -266,16 +278,22 @@ class CreateValidationRequest(_message.Message):
     def __init__(self, validation: _Optional[_Union[Validation, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListValidationsRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "page_size", "page_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, session_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListValidationsResponse(_message.Message):
-    __slots__ = ("validations",)
+    __slots__ = ("validations", "next_page_token")
     VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     validations: _containers.RepeatedCompositeFieldContainer[Validation]
-    def __init__(self, validations: _Optional[_Iterable[_Union[Validation, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, validations: _Optional[_Iterable[_Union[Validation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CreateUserFeedbackRequest(_message.Message):
     __slots__ = ("user_feedback", "request_id")
@@ -286,16 +304,22 @@ class CreateUserFeedbackRequest(_message.Message):
     def __init__(self, user_feedback: _Optional[_Union[UserFeedback, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListUserFeedbackRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "page_size", "page_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, session_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListUserFeedbackResponse(_message.Message):
-    __slots__ = ("user_feedback",)
+    __slots__ = ("user_feedback", "next_page_token")
     USER_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     user_feedback: _containers.RepeatedCompositeFieldContainer[UserFeedback]
-    def __init__(self, user_feedback: _Optional[_Iterable[_Union[UserFeedback, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, user_feedback: _Optional[_Iterable[_Union[UserFeedback, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ResumeSessionRequest(_message.Message):
     __slots__ = ("id",)
@@ -304,17 +328,25 @@ class ResumeSessionRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ResumeSessionResponse(_message.Message):
-    __slots__ = ("session", "prompts", "entities", "validations", "user_feedback", "state")
+    __slots__ = ("session", "prompts", "entities", "validations", "user_feedback", "state", "prompts_next_page_token", "entities_next_page_token", "validations_next_page_token", "user_feedback_next_page_token")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     USER_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VALIDATIONS_NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    USER_FEEDBACK_NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session: Session
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
     entities: _containers.RepeatedCompositeFieldContainer[Entity]
     validations: _containers.RepeatedCompositeFieldContainer[Validation]
     user_feedback: _containers.RepeatedCompositeFieldContainer[UserFeedback]
     state: StateDocument
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., validations: _Optional[_Iterable[_Union[Validation, _Mapping]]] = ..., user_feedback: _Optional[_Iterable[_Union[UserFeedback, _Mapping]]] = ..., state: _Optional[_Union[StateDocument, _Mapping]] = ...) -> None: ...
+    prompts_next_page_token: str
+    entities_next_page_token: str
+    validations_next_page_token: str
+    user_feedback_next_page_token: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., validations: _Optional[_Iterable[_Union[Validation, _Mapping]]] = ..., user_feedback: _Optional[_Iterable[_Union[UserFeedback, _Mapping]]] = ..., state: _Optional[_Union[StateDocument, _Mapping]] = ..., prompts_next_page_token: _Optional[str] = ..., entities_next_page_token: _Optional[str] = ..., validations_next_page_token: _Optional[str] = ..., user_feedback_next_page_token: _Optional[str] = ...) -> None: ...

@@ -138,8 +138,9 @@ class SessionServiceServicer:
 
     def ListSessions(self, request, context):
         """Lists sessions, newest first, optionally filtered by status and by
-        creation time. Errors: INVALID_ARGUMENT for a bad page token or a
-        page size out of range.
+        creation time. A page ends early rather than pass the message size
+        limit. Errors: INVALID_ARGUMENT for a bad page token or a page size out
+        of range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,7 +173,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPrompts(self, request, context):
-        """Lists the prompts of a session by iteration. Errors: NOT_FOUND.
+        """Lists the prompts of a session by iteration, a page at a time.
+        Errors: NOT_FOUND, INVALID_ARGUMENT for a bad page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,8 +190,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEntities(self, request, context):
-        """Lists the entities of a session in the order they were added.
-        Errors: NOT_FOUND.
+        """Lists the entities of a session in the order they were added, a page at
+        a time. Errors: NOT_FOUND, INVALID_ARGUMENT for a bad page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,8 +206,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListValidations(self, request, context):
-        """Lists the validations of a session in the order they were added.
-        Errors: NOT_FOUND.
+        """Lists the validations of a session in the order they were added, a page
+        at a time. Errors: NOT_FOUND, INVALID_ARGUMENT for a bad page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,8 +222,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUserFeedback(self, request, context):
-        """Lists the feedback of a session in the order it was given.
-        Errors: NOT_FOUND.
+        """Lists the feedback of a session in the order it was given, a page at a
+        time. Errors: NOT_FOUND, INVALID_ARGUMENT for a bad page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,8 +231,9 @@ class SessionServiceServicer:
 
     def ResumeSession(self, request, context):
         """Returns a session with all its records and its state document in one
-        consistent read, for an agent that resumes after a crash.
-        Errors: NOT_FOUND.
+        consistent read, for an agent that resumes after a crash. When they do
+        not fit in one message, the lists end early and their next_page_token
+        fields say where the List methods go on. Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
