@@ -84,7 +84,9 @@ class Daemon:
         self._writer: Writer | None = None
         self._readers: Readers | None = None
         self._listener: pgnotify.Listener | None = None
-        self._hub = WatchHub(settings.watch_buffer)
+        # Documents queued for one watcher: two of the largest, which lets a
+        # watcher that keeps up hold a change while the next one arrives.
+        self._hub = WatchHub(settings.watch_buffer, 2 * settings.max_document_bytes)
         self._health = HealthServicer()
         self._stopped = asyncio.Event()
 

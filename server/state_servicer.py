@@ -295,7 +295,7 @@ class StateServicer:
                     last = latest.version
                 continue
             while watcher.events:
-                event = watcher.events.popleft()
+                event = watcher.pop()
                 if isinstance(event, SessionDeleted):
                     yield state_pb2.WatchStateResponse(
                         type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED

@@ -2,9 +2,10 @@
 
 The hub lives on the event loop. ``publish`` appends each event to the queue of
 every watcher of its session and never waits, so a slow watcher cannot slow
-the writer or the other watchers. A watcher whose queue is full is marked
-lagged and its queue dropped: its stream then sends a snapshot of the current
-document instead of the changes it missed, which bounds the memory it holds.
+the writer or the other watchers. A watcher whose queue is full, in events or
+in bytes of documents, is marked lagged and its queue dropped: its stream then
+sends a snapshot of the current document instead of the changes it missed,
+which bounds the memory it holds.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ HubEvent: TypeAlias = Event | StateHint
 class Watcher:
     """One watch stream's queue of events."""
 
-    def __init__(self, session_id: str, capacity: int) -> None:
+    def __init__(self, session_id: str, capacity: int, max_bytes: int) -> None:
         self.session_id = session_id
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
         self.events: collections.deque[HubEvent] = collections.deque()
         self.lagged = False
         self.closed = False
@@ -46,12 +49,23 @@ class Watcher:
     def push(self, event: HubEvent) -> None:
         if self.lagged:
             return
-        if len(self.events) >= self.capacity:
+        size = len(event.document) if isinstance(event, StateChanged) else 0
+        full = len(self.events) >= self.capacity
+        if full or (self.events and self.queued_bytes + size > self.max_bytes):
             self.events.clear()
+            self.queued_bytes = 0
             self.lagged = True
         else:
             self.events.append(event)
+            self.queued_bytes += size
         self.wakeup.set()
+
+    def pop(self) -> HubEvent:
+        """Take the oldest queued event."""
+        event = self.events.popleft()
+        if isinstance(event, StateChanged):
+            self.queued_bytes -= len(event.document)
+        return event
 
     async def wait(self, timeout: float) -> bool:
         """Wait until there is something to read; return False on timeout."""
@@ -68,8 +82,9 @@ class Watcher:
 class WatchHub:
     """Route committed events to the watchers of their session."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._watchers: dict[str, set[Watcher]] = {}
         self._closed = False
 
@@ -78,7 +93,7 @@ class WatchHub:
         return sum(len(watchers) for watchers in self._watchers.values())
 
     def subscribe(self, session_id: str) -> Watcher:
-        watcher = Watcher(session_id, self._capacity)
+        watcher = Watcher(session_id, self._capacity, self._max_bytes)
         watcher.closed = self._closed
         self._watchers.setdefault(session_id, set()).add(watcher)
         return watcher
