@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from editstore.client import StateWriter
+from editstore.client import SessionStatus, StateWriter
 from editstore.client.errors import InvalidArgument
 from editstore.client.settings import RetryPolicy
 from tests.client.fakes import FakeClock, FakeStateService
@@ -160,9 +160,31 @@ def test_update_keeps_patch_as_given(
     assert service.document == {"prompts": {"iteration_0": {"positive": "a"}}}
 
 
-def test_update_rejects_nan_at_once(writer: StateWriter) -> None:
+def test_nan_update_is_dropped_and_raised(
+    writer: StateWriter, service: FakeStateService
+) -> None:
+    writer.update({"k": 1})
+    writer.update({"score": float("nan")})
     with pytest.raises(ValueError):
-        writer.update({"score": float("nan")})
+        writer.flush(timeout=5)
+    writer.update({"tags": {"sky", "sun"}})
+    with pytest.raises(TypeError):
+        writer.flush(timeout=5)
+    assert writer.flush(timeout=5) is True
+    assert service.document == {"k": 1}
+
+
+def test_update_rejects_unserialisable_object(writer: StateWriter) -> None:
+    with pytest.raises(TypeError):
+        writer.update({"model": object()})
+
+
+def test_update_copies_enums_and_tuples(
+    writer: StateWriter, service: FakeStateService
+) -> None:
+    writer.update({"status_name": SessionStatus.COMPLETED, "box": (1, 2, 3, 4)})
+    writer.flush(timeout=5)
+    assert service.document == {"status_name": "completed", "box": [1, 2, 3, 4]}
 
 
 def test_unavailable_is_retried_with_same_request_id(
