@@ -445,10 +445,13 @@ class StateWriter:
                 self._save_journal()
                 self._send_batches()
                 now = self._clock()
-            if not (self._pending or self._batches) and self._next_send_at <= now:
-                # Nothing was due at this tick: the next update waits at most
-                # one interval.
-                self._next_send_at = now + self.flush_interval
+            if not self._pending:
+                # A flush with nothing pending must not rush the next update.
+                self._urgent = False
+                if not self._batches and self._next_send_at <= now:
+                    # Nothing was due at this tick: the next update waits at
+                    # most one interval.
+                    self._next_send_at = now + self.flush_interval
             self._save_journal()
             self._release_waiters()
             if self._stopping and not (self._batches or self._pending):

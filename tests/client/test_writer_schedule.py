@@ -358,3 +358,15 @@ def test_journal_of_other_session_is_rejected(
     writer.close(timeout=5)
     with pytest.raises(ValueError, match="belongs to session s-1"):
         StateWriter(service, "s-2", clock=clock, journal_path=journal)
+
+
+def test_flush_does_not_rush_next_update(
+    writer: StateWriter, clock: FakeClock, service: FakeStateService
+) -> None:
+    assert writer.flush(timeout=5) is True
+    writer.update({"k": 1})
+    writer.wake()
+    assert service.calls == []
+    clock.advance(5.0)
+    writer.wake()
+    assert [call.patch for call in service.calls] == [{"k": 1}]
