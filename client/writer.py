@@ -17,8 +17,10 @@ into one and sends it with ``PatchState``:
 
 Each merged batch is sent with a request id. A batch that fails with a
 transient error (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN) is sent
-again with the same id after a backoff with full jitter, so the daemon
-applies every update exactly once however often it is down. Updates
+again with the same id after a backoff with full jitter. The daemon applies
+a request id once, so every update is applied exactly once however often it
+is down, as long as it still keeps the id (``editstore serve
+--request-id-retention-hours``). Updates
 queued while a batch is in flight wait in a separate pending patch and go in
 the next batch. A batch the daemon rejects (INVALID_ARGUMENT, NOT_FOUND,
 RESOURCE_EXHAUSTED, ...) is logged, dropped and raised by the next `flush`;

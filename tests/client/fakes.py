@@ -1,8 +1,8 @@
 """A fake clock and a fake state service for the state writer's unit tests.
 
 The fake service applies merge patches as the daemon does, and like the
-daemon applies a request id once and answers its repeats with the first
-answer.
+daemon applies a request id once and returns the first response to its
+repeats.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ class FakeStateService:
         self.document: dict[str, Any] = {}
         self.version = 0
         self.calls: list[PatchCall] = []
-        self.answers: dict[str, StateDocument] = {}
+        self.responses: dict[str, StateDocument] = {}
         self.failures: list[EditstoreError] = []
-        """Errors to raise, one per call, before answering normally."""
+        """Errors to raise, one per call, before responding normally."""
         self.down = False
         """While true, every call fails with UNAVAILABLE."""
         self.gate: threading.Event | None = None
-        """When set, calls wait for this event before answering."""
+        """When set, calls wait for this event before responding."""
         self.entered = threading.Event()
         self._lock = threading.Lock()
 
@@ -78,13 +78,13 @@ class FakeStateService:
                 raise Unavailable("connection refused")
             if self.failures:
                 raise self.failures.pop(0)
-            if request_id is not None and request_id in self.answers:
-                return self.answers[request_id]
+            if request_id is not None and request_id in self.responses:
+                return self.responses[request_id]
             self.document = jsondoc.apply_merge_patch(self.document, sent)
             self.version += 1
-            answer = StateDocument(
+            response = StateDocument(
                 session_id=session_id, version=self.version, document=self.document
             )
             if request_id is not None:
-                self.answers[request_id] = answer
-            return answer
+                self.responses[request_id] = response
+            return response

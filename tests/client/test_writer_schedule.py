@@ -209,14 +209,14 @@ def test_unavailable_is_retried_with_same_request_id(
     assert service.version == 1
 
 
-def test_lost_answer_is_applied_once(
+def test_lost_response_is_applied_once(
     writer: StateWriter, clock: FakeClock, service: FakeStateService
 ) -> None:
     service.down = True
     writer.update({"counter": 1}, important=True)
     writer.wake()
-    # The daemon applies the retry; then its answer to a later retry of the
-    # same request id is the first answer, not a second version.
+    # The daemon applies the retry; then its response to a later retry of
+    # the same request id is the first response, not a second version.
     service.down = False
     clock.advance(1.0)
     writer.wake()
@@ -330,7 +330,7 @@ def test_recover_resends_with_journal_request_id(
     first.wake()
     first.update({"b": 2})
     assert first.close(timeout=0.2) is False
-    # The daemon had applied the first batch; only its answer was lost.
+    # The daemon had applied the first batch; only its response was lost.
     service.down = False
     request_id = service.calls[0].request_id
     service.patch_state("s-1", {"a": 1}, request_id=request_id)
