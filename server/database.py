@@ -102,7 +102,11 @@ def read_transaction(database: peewee.Database) -> Iterator[None]:
         with database.atomic("DEFERRED"):
             yield
     else:
-        with database.atomic():
+        # READ COMMITTED, PostgreSQL's default, lets each statement see
+        # commits made since the previous one, so a read of a session and
+        # then its records could see a delete half-way. REPEATABLE READ reads
+        # one snapshot, and a transaction that only reads never fails on it.
+        with database.atomic(isolation_level="REPEATABLE READ"):
             yield
 
 
