@@ -1249,3 +1249,48 @@ def test_resume_session_sees_writes_made_while_reading(
         stop.set()
         writer.join(30)
     assert errors == []
+
+
+def test_resume_during_delete_sees_all_or_nothing(
+    sessions: session_pb2_grpc.SessionServiceStub,
+    states: state_pb2_grpc.StateServiceStub,
+) -> None:
+    torn: list[pb.ResumeSessionResponse] = []
+    errors: list[grpc.RpcError] = []
+
+    def resume_until_gone(session_id: str, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                reply = sessions.ResumeSession(
+                    pb.ResumeSessionRequest(id=session_id), timeout=10
+                )
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    errors.append(error)
+                return
+            counts = (
+                len(reply.prompts),
+                len(reply.entities),
+                len(reply.validations),
+                len(reply.user_feedback),
+                reply.state.version,
+            )
+            if counts != (2, 2, 2, 2, 3):
+                torn.append(reply)
+
+    for _ in range(20):
+        session = new_session(sessions)
+        fill_session(sessions, states, session.id)
+        stop = threading.Event()
+        readers = [
+            threading.Thread(target=resume_until_gone, args=(session.id, stop))
+            for _ in range(3)
+        ]
+        for reader in readers:
+            reader.start()
+        sessions.DeleteSession(pb.DeleteSessionRequest(id=session.id), timeout=10)
+        stop.set()
+        for reader in readers:
+            reader.join(30)
+    assert errors == []
+    assert torn == []
