@@ -483,3 +483,16 @@ def test_document_size_limit_passes_the_channel(client: Client) -> None:
     with pytest.raises(ResourceExhausted) as caught:
         client.put_state(session.id, {"blob": "x" * (limit - 10)})
     assert "4194304" in caught.value.message
+
+
+def test_state_stream_fails_pending_updates_when_daemon_dies(daemon: Daemon) -> None:
+    with Client(daemon.address) as client:
+        session = make_session(client)
+        stream = client.open_state_stream()
+        try:
+            assert stream.patch(session.id, {"step": 1}).version == 1
+            daemon.kill()
+            with pytest.raises(Unavailable):
+                stream.send_patch(session.id, {"step": 2}).result(timeout=30)
+        finally:
+            stream.close(timeout=5)
