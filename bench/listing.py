@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # Change this when the rows the fill writes change, so cached files are
 # rebuilt.
-FILL_FORMAT = "listing-fill-1"
+FILL_FORMAT = "listing-fill-2"
 FIRST_CREATED_AT = datetime.datetime(2025, 1, 1)
 SECONDS_BETWEEN_SESSIONS = 30
 SAMPLE_READS = 200
@@ -209,26 +209,54 @@ def read_samples(connection: sqlite3.Connection, sample_id: str) -> list[TableSa
     return samples
 
 
-def copy_row(
-    sample: TableSample,
-    row: tuple[Any, ...],
-    sample_id: str,
-    session_id: str,
-    created_at: str,
-    status: str,
-) -> tuple[Any, ...]:
-    values = []
-    for column, value in zip(sample.columns, row, strict=True):
-        if column == "id" and sample.table != "sessions":
-            value = None
+def session_rows(sample: TableSample, count: int) -> Iterator[tuple[Any, ...]]:
+    """Yield count copies of the sample session with new ids, times and status."""
+    (row,) = sample.rows
+    generator = random.Random(count)
+    for index in range(count):
+        created = FIRST_CREATED_AT + datetime.timedelta(
+            seconds=index * SECONDS_BETWEEN_SESSIONS,
+            microseconds=generator.randrange(1, 1_000_000),
+        )
+        changes = {
+            "id": str(uuid.UUID(int=generator.getrandbits(128), version=4)),
+            # str() of a datetime is how Peewee stores one in SQLite.
+            "created_at": str(created),
+            "status": session_status(index),
+        }
+        yield tuple(
+            changes.get(column, value)
+            for column, value in zip(sample.columns, row, strict=True)
+        )
+
+
+def copy_children_sql(sample: TableSample, sample_id: str) -> str:
+    """Return SQL that copies the sample's rows of a table to every session.
+
+    The copies read from ``temp.sample_rows``, which holds the sample's rows;
+    text that contains the sample's id gets the new session's id instead.
+    """
+    expressions = []
+    for index, column in enumerate(sample.columns):
+        values = [row[index] for row in sample.rows]
+        if column == "id":
+            expressions.append("NULL")
+        elif column == "session_id":
+            expressions.append("s.id")
         elif column in ("created_at", "updated_at"):
-            value = created_at
-        elif column == "status" and sample.table == "sessions":
-            value = status
-        elif isinstance(value, str) and sample_id in value:
-            value = value.replace(sample_id, session_id)
-        values.append(value)
-    return tuple(values)
+            expressions.append("s.created_at")
+        elif any(isinstance(value, str) and sample_id in value for value in values):
+            expressions.append(f'replace(r."{column}", :sample_id, s.id)')
+        else:
+            expressions.append(f'r."{column}"')
+    names = ", ".join(f'"{column}"' for column in sample.columns)
+    # CROSS JOIN makes SQLite scan the sessions in the outer loop, so the
+    # rows of one session are written together, as the API writes them.
+    return (
+        f'INSERT INTO "{sample.table}" ({names}) '
+        f"SELECT {', '.join(expressions)} "
+        "FROM sessions AS s CROSS JOIN temp.sample_rows AS r"
+    )
 
 
 def fill(
@@ -238,7 +266,6 @@ def fill(
     started = time.monotonic()
     partial = target.with_suffix(".partial")
     shutil.copyfile(template, partial)
-    generator = random.Random(count)
     connection = sqlite3.connect(partial, isolation_level=None)
     try:
         # The file is a scratch copy until it is renamed, so a crash during
@@ -246,40 +273,37 @@ def fill(
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
         connection.execute("PRAGMA cache_size=-1000000")
-        samples = read_samples(connection, sample_id)
+        samples = {
+            sample.table: sample for sample in read_samples(connection, sample_id)
+        }
+        sessions = samples.pop("sessions")
         connection.execute("BEGIN")
-        # Children first, then the session, so a foreign key check passes.
-        for sample in reversed(samples):
-            key = "id" if sample.table == "sessions" else "session_id"
+        for sample in samples.values():
             connection.execute(
-                f'DELETE FROM "{sample.table}" WHERE "{key}" = ?', (sample_id,)
+                f'DELETE FROM "{sample.table}" WHERE session_id = ?', (sample_id,)
             )
-        for sample in samples:
-            placeholders = ", ".join("?" * len(sample.columns))
-            names = ", ".join(f'"{column}"' for column in sample.columns)
-            statement = (
-                f'INSERT INTO "{sample.table}" ({names}) VALUES ({placeholders})'
+        connection.execute("DELETE FROM sessions WHERE id = ?", (sample_id,))
+        placeholders = ", ".join("?" * len(sessions.columns))
+        names = ", ".join(f'"{column}"' for column in sessions.columns)
+        connection.executemany(
+            f"INSERT INTO sessions ({names}) VALUES ({placeholders})",
+            session_rows(sessions, count),
+        )
+        logger.info("filled sessions")
+        for sample in samples.values():
+            connection.execute(
+                f'CREATE TEMP TABLE sample_rows AS SELECT * FROM "{sample.table}" '
+                "WHERE 0"
             )
-
-            def rows(sample: TableSample = sample) -> Iterator[tuple[Any, ...]]:
-                state = random.Random(count)
-                for index in range(count):
-                    session_id = str(uuid.UUID(int=state.getrandbits(128), version=4))
-                    created = FIRST_CREATED_AT + datetime.timedelta(
-                        seconds=index * SECONDS_BETWEEN_SESSIONS,
-                        microseconds=generator.randrange(1, 1_000_000),
-                    )
-                    for row in sample.rows:
-                        yield copy_row(
-                            sample,
-                            row,
-                            sample_id,
-                            session_id,
-                            str(created),
-                            session_status(index),
-                        )
-
-            connection.executemany(statement, rows())
+            connection.executemany(
+                f"INSERT INTO temp.sample_rows VALUES "
+                f"({', '.join('?' * len(sample.columns))})",
+                sample.rows,
+            )
+            connection.execute(
+                copy_children_sql(sample, sample_id), {"sample_id": sample_id}
+            )
+            connection.execute("DROP TABLE temp.sample_rows")
             logger.info("filled %s", sample.table)
         connection.execute("COMMIT")
         connection.execute("PRAGMA journal_mode=WAL")
