@@ -69,8 +69,8 @@ DEFAULT_EXIT_TIMEOUT = 10.0
 DEFAULT_BACKOFF = RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
 
 # Codes after which the daemon may not have seen the batch, or may have
-# applied it and failed to send the response. Both are safe to send again because the
-# batch carries its request id.
+# applied it and failed to send the response. Sending it again is safe in
+# both cases because the batch carries its request id.
 _TRANSIENT_CODES = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"}
 )
@@ -529,15 +529,19 @@ class StateWriter:
             finally:
                 self._lock.acquire()
             if error is not None and error.code.name in _TRANSIENT_CODES:
-                logger.info(
-                    "state of session %s not sent (%s); retry %d",
+                # The first failure is logged; the retries of one outage only
+                # at debug level, and their count once the batch is through.
+                logger.log(
+                    logging.WARNING if self._failures == 0 else logging.DEBUG,
+                    "state of session %s not sent, retrying: %s",
                     self.session_id,
                     error,
-                    self._failures + 1,
                 )
                 self._schedule_retry()
                 return
+            failed_attempts = self._failures
             self._batches.popleft()
+            dropped = batch.last_sequence - self._acknowledged
             if error is not None:
                 self._fail_waiters(self._acknowledged, error)
             self._acknowledged = batch.last_sequence
@@ -548,11 +552,17 @@ class StateWriter:
                 logger.error(
                     "state of session %s rejected, %d update(s) dropped: %s",
                     self.session_id,
-                    len(batch.patch),
+                    dropped,
                     error,
                 )
                 self.last_error = error
             elif state is not None:
+                if failed_attempts:
+                    logger.info(
+                        "state of session %s sent after %d failed attempts",
+                        self.session_id,
+                        failed_attempts,
+                    )
                 self.acknowledged_batches += 1
                 self._document = state.document
                 self._version = state.version
