@@ -642,7 +642,7 @@ class StateWriter:
         self._journal_dirty = False
 
     def _abandon(self) -> None:
-        """Stop the background thread and journal everything it holds.
+        """Stop the background thread and journal every update it has.
 
         Runs on the caller's thread when `close` times out, e.g. while the
         daemon is down. A batch in flight stays in the journal with its
@@ -654,11 +654,21 @@ class StateWriter:
             self._save_journal(force=True)
             unsent = len(self._batches) + len(self._pending)
         self._wakeup.set()
-        logger.warning(
-            "state writer of session %s stopped with %d patch(es) unsent",
-            self.session_id,
-            unsent,
-        )
+        if self.journal_path is None:
+            logger.warning(
+                "state writer of session %s stopped with %d patch(es) unsent "
+                "and no journal: they are lost",
+                self.session_id,
+                unsent,
+            )
+        else:
+            logger.warning(
+                "state writer of session %s stopped with %d patch(es) unsent; "
+                "StateWriter.recover() sends them from %s",
+                self.session_id,
+                unsent,
+                os.fspath(self.journal_path),
+            )
 
 
 def _close_open_writers() -> None:
@@ -676,17 +686,11 @@ def _close_open_writers() -> None:
             continue
         remaining = max(0.0, writer.exit_timeout - (time.monotonic() - started))
         try:
-            delivered = writer._finish_close(request, remaining)
+            # A writer that gives up logs what it left unsent.
+            writer._finish_close(request, remaining)
         except Exception:
             logger.exception(
                 "state writer of session %s failed at exit", writer.session_id
-            )
-            continue
-        if not delivered:
-            logger.warning(
-                "state writer of session %s exited with updates unsent%s",
-                writer.session_id,
-                "; they are in the journal" if writer.journal_path else "",
             )
 
 
