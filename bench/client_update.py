@@ -1,7 +1,7 @@
 """How long ``StateWriter.update()`` of the client library takes to return.
 
 The writer is connected to a running daemon and flushes in the background as
-it would in an agent; only the caller's time in ``update()`` is measured,
+it would in an agent. Only the caller's time in ``update()`` is measured,
 with ``time.perf_counter_ns()`` around each call. Two loads are timed:
 
 - paced: 1,000 calls a second, already far more than an agent makes, so the

@@ -1,7 +1,7 @@
 """A bare gRPC echo of StateService, the baseline of the write benchmarks.
 
 It is a ``grpc.aio`` server with the daemon's server options that implements
-``StateService`` from the generated code and answers at once, storing
+``StateService`` from the generated code and replies at once, storing
 nothing:
 
 - ``PatchState`` returns a StateDocument as large as the daemon's answer;
@@ -34,11 +34,11 @@ WATCH_QUEUE_SIZE = 1024
 
 
 class EchoStateService(state_pb2_grpc.StateServiceServicer):
-    """StateService that answers every write at once and stores nothing."""
+    """StateService that replies to every write at once and stores nothing."""
 
     def __init__(self, stream_style: str) -> None:
-        # The aio server tells generator handlers from coroutine handlers by
-        # the function it is given, so the style picks the function.
+        # The aio server decides between a generator and a coroutine handler
+        # from the function it is given, so the style picks the function.
         if stream_style == "generator":
             self.StreamStateUpdates = self._stream_generator  # type: ignore[method-assign]
         else:
@@ -46,8 +46,8 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
         self._versions: collections.Counter[str] = collections.Counter()
         self._watchers: dict[str, set[asyncio.Queue[state_pb2.WatchStateResponse]]]
         self._watchers = collections.defaultdict(set)
-        # The daemon answers with the whole document after the patch, so the
-        # echo sends a document of the same size.
+        # The daemon returns the whole document after the patch, so the echo
+        # returns a document of the same size.
         self._document_json = base_document_json("0" * 36)
 
     def _document(self, session_id: str, version: int) -> session_pb2.StateDocument:

@@ -12,9 +12,10 @@ import pathlib
 class Figure:
     """One measured figure, its baseline and the target it is held to.
 
-    ``ratio`` is the figure divided by the baseline for rates and latencies
-    compared to a baseline; it is None where the target is an absolute one.
-    ``higher_is_better`` says which side of ``target`` passes.
+    ``ratio`` is the figure divided by the baseline, or None without a
+    baseline. The target applies to the ratio when ``target_on_ratio`` is
+    set, else to the figure itself. ``higher_is_better`` selects which side
+    of ``target`` passes.
     """
 
     name: str

@@ -6,9 +6,9 @@ databases are filled with SQL, in the daemon's own schema:
 1. ``editstore serve --migrate`` creates the schema in a fresh file, and one
    sample session with two prompts, three entities, a validation, feedback
    and a state document is created through the API;
-2. the daemon stops, and the sample's rows in every table are copied, with
-   new ids and creation times, once per session, in one transaction; the
-   sample itself is removed;
+2. the daemon stops. In one transaction, the sample is removed, the new
+   sessions are inserted with new ids and creation times, and the sample's
+   rows of every other table are copied to each of them;
 3. the daemon starts again on the filled file.
 
 Filled files are cached in a folder (``/tmp/editstore-bench`` by default),
@@ -233,7 +233,7 @@ def session_rows(sample: TableSample, count: int) -> Iterator[tuple[Any, ...]]:
 def copy_children_sql(sample: TableSample, sample_id: str) -> str:
     """Return SQL that copies the sample's rows of a table to every session.
 
-    The copies read from ``temp.sample_rows``, which holds the sample's rows;
+    The copies read from ``temp.sample_rows``, which contains the sample's rows;
     text that contains the sample's id gets the new session's id instead.
     """
     expressions = []

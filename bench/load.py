@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class LoadConfig:
-    """How the load generator drives a server."""
+    """The settings of the load generator."""
 
     mode: str
     """``unary`` (PatchState) or ``stream`` (StreamStateUpdates)."""
@@ -87,7 +87,7 @@ def run_load(
 ) -> LoadResult:
     """Load the server at address for seconds after warmup; return the tally.
 
-    With server_pid, the result also says how much CPU the server used.
+    With server_pid, the result also contains the CPU the server used.
     """
     processes = []
     for index in range(config.processes):

@@ -1,10 +1,11 @@
 """One load-generating client process, driven by ``bench.load``.
 
-The process connects, prints ``ready``, waits for a line ``go START END`` on
-stdin (two readings of ``time.monotonic()``), sends state updates until END,
-and prints one JSON line with the number of updates acknowledged between
-START and END, the errors, and the latency of each of those updates in
-microseconds. The same code drives the echo server and the daemon.
+The process connects, prints ``ready`` and waits for a line ``go START END``
+on stdin, where START and END are readings of ``time.monotonic()``. It then
+sends state updates until END. Its last output line is a JSON object with
+the number of updates acknowledged between START and END, the errors, and
+the latency of each of those updates in microseconds. The same code drives
+the echo server and the daemon.
 
 Two client designs are available, so that the faster one can be chosen:
 ``aio`` (one asyncio loop with ``grpc.aio`` channels) and ``threads`` (one
@@ -33,7 +34,7 @@ CALL_TIMEOUT = 60.0
 
 
 class Tally:
-    """What the callers of one process counted inside the window."""
+    """The counts the callers of one process made inside the window."""
 
     def __init__(self) -> None:
         self.start = 0.0

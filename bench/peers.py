@@ -1,4 +1,4 @@
-"""What a user could pick instead of editstore, measured in process.
+"""The alternatives a user could pick instead of editstore, run in process.
 
 - ``saver``: LangGraph's ``SqliteSaver`` (package ``langgraph-checkpoint-sqlite``)
   with many threads, each writing checkpoints of one thread id whose channel

@@ -50,7 +50,7 @@ def bench_env() -> dict[str, str]:
 
 
 class ServerProcess:
-    """A server subprocess that answers gRPC health checks on address."""
+    """A server subprocess that serves gRPC health checks on address."""
 
     def __init__(
         self, name: str, command: list[str], address: str, log_path: pathlib.Path
@@ -67,7 +67,7 @@ class ServerProcess:
         return self.process.pid
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the process and wait until its health check says SERVING."""
+        """Start the process and wait until its health check returns SERVING."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, env=bench_env()
