@@ -564,10 +564,10 @@ def run_api_queries(database: peewee.Database) -> None:
     for step in range(4):
         write(states.patch_state(session_id, f'{{"s":{step}}}', None, "", limits))
     with database.atomic():
-        first, token = records.list_sessions(1, "", None, None, None)
+        token = records.list_sessions(1, "", None, None, None)[1]
         records.list_sessions(1, token, None, None, None)
         records.list_sessions(50, "", "completed", None, None)
-        _, status_token = records.list_sessions(1, "", "in_progress", None, None)
+        status_token = records.list_sessions(1, "", "in_progress", None, None)[1]
         records.list_sessions(1, status_token, "in_progress", None, None)
         after = datetime.datetime(2020, 1, 1)
         before = datetime.datetime(2100, 1, 1)
@@ -575,6 +575,10 @@ def run_api_queries(database: peewee.Database) -> None:
         records.list_sessions(5, "", "failed", after, before)
         records.get_session(session_id)
         records.resume(session_id)
+        for kind in records.CHILD_KINDS:
+            (first, *_) = records.list_children(kind, session_id, 1, "")
+            child_token = records.child_page_token(kind, session_id, first)
+            records.list_children(kind, session_id, 1, child_token)
         states.get_state(session_id)
         states.list_versions(session_id, 0, 10)
     write(records.delete_session(session_id))
