@@ -224,12 +224,15 @@ def run_threads(args: argparse.Namespace, tally: Tally) -> None:
         stub = stubs[index % len(stubs)]
         session_id = args.sessions[index % len(args.sessions)]
         if args.mode == "unary":
-            target, extra = thread_unary_caller, ()
+            thread = threading.Thread(
+                target=thread_unary_caller, args=(stub, session_id, tally)
+            )
         else:
-            target, extra = thread_stream_caller, (args.window,)
-        threads.append(
-            threading.Thread(target=target, args=(stub, session_id, *extra, tally))
-        )
+            thread = threading.Thread(
+                target=thread_stream_caller,
+                args=(stub, session_id, args.window, tally),
+            )
+        threads.append(thread)
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -102,7 +102,7 @@ def write_changes(
     commit, so a slow commit delays that change only.
     """
     interval_ns = int(1e9 / rate)
-    futures = []
+    futures: list[grpc.Future] = []
     with grpc.insecure_channel(address) as channel:
         stub = state_pb2_grpc.StateServiceStub(channel)
         next_ns = start_ns
