@@ -22,6 +22,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
+from editstore.server.config import Settings
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
 from tests.daemon import Daemon, free_port
@@ -1294,3 +1295,194 @@ def test_resume_during_delete_sees_all_or_nothing(
             reader.join(30)
     assert errors == []
     assert torn == []
+
+
+# Paged record lists
+
+
+def list_records_pages(
+    sessions: session_pb2_grpc.SessionServiceStub,
+    method: str,
+    session_id: str,
+    page_size: int,
+    page_token: str = "",
+) -> tuple[list[Any], int]:
+    """Walk every page of one record list; return the records and page count."""
+    request_class = getattr(pb, f"{method}Request")
+    field = {
+        "ListPrompts": "prompts",
+        "ListEntities": "entities",
+        "ListValidations": "validations",
+        "ListUserFeedback": "user_feedback",
+    }[method]
+    found: list[Any] = []
+    pages = 0
+    token = page_token
+    while True:
+        reply = getattr(sessions, method)(
+            request_class(session_id=session_id, page_size=page_size, page_token=token),
+            timeout=30,
+        )
+        pages += 1
+        found.extend(getattr(reply, field))
+        token = reply.next_page_token
+        if not token:
+            return found, pages
+        assert pages < 1000, "listing does not end"
+
+
+RECORD_LISTS = ["ListPrompts", "ListEntities", "ListValidations", "ListUserFeedback"]
+
+
+@pytest.fixture(scope="module")
+def seven_of_each(
+    sessions: session_pb2_grpc.SessionServiceStub,
+) -> pb.Session:
+    """A session with seven records of every kind, prompts added out of order."""
+    session = new_session(sessions)
+    for iteration in (6, 0, 5, 1, 4, 2, 3):
+        sessions.CreatePrompt(
+            pb.CreatePromptRequest(
+                prompt=pb.Prompt(session_id=session.id, iteration=iteration)
+            ),
+            timeout=10,
+        )
+    sessions.BatchCreateEntities(
+        pb.BatchCreateEntitiesRequest(
+            session_id=session.id,
+            entities=[pb.Entity(entity_id=f"e_{index}") for index in range(7)],
+        ),
+        timeout=10,
+    )
+    for attempt in range(7):
+        sessions.CreateValidation(
+            pb.CreateValidationRequest(
+                validation=pb.Validation(session_id=session.id, attempt_number=attempt)
+            ),
+            timeout=10,
+        )
+        sessions.CreateUserFeedback(
+            pb.CreateUserFeedbackRequest(
+                user_feedback=pb.UserFeedback(
+                    session_id=session.id,
+                    feedback_type=pb.FEEDBACK_TYPE_ACCEPT,
+                    rating=attempt % 5 + 1,
+                )
+            ),
+            timeout=10,
+        )
+    return session
+
+
+@pytest.mark.parametrize("method", RECORD_LISTS)
+def test_record_list_walks_every_page_in_order(
+    sessions: session_pb2_grpc.SessionServiceStub,
+    seven_of_each: pb.Session,
+    method: str,
+) -> None:
+    everything, pages = list_records_pages(sessions, method, seven_of_each.id, 0)
+    assert pages == 1
+    assert len(everything) == 7
+    for page_size in (1, 3, 7):
+        found, pages = list_records_pages(sessions, method, seven_of_each.id, page_size)
+        assert found == everything
+        assert pages == -(-7 // page_size)
+    if method == "ListPrompts":
+        assert [item.iteration for item in everything] == list(range(7))
+    else:
+        assert [item.id for item in everything] == sorted(
+            item.id for item in everything
+        )
+
+
+@pytest.mark.parametrize("method", RECORD_LISTS)
+def test_record_list_rejects_bad_token(
+    sessions: session_pb2_grpc.SessionServiceStub,
+    seven_of_each: pb.Session,
+    method: str,
+) -> None:
+    request_class = getattr(pb, f"{method}Request")
+    call = getattr(sessions, method)
+    first = call(request_class(session_id=seven_of_each.id, page_size=2), timeout=10)
+    token = first.next_page_token
+    assert token
+    other = new_session(sessions)
+    other_kind = "ListEntities" if method != "ListEntities" else "ListPrompts"
+    foreign = getattr(sessions, other_kind)(
+        getattr(pb, f"{other_kind}Request")(session_id=seven_of_each.id, page_size=2),
+        timeout=10,
+    ).next_page_token
+    flipped = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
+    bad_requests = [
+        request_class(session_id=seven_of_each.id, page_token=flipped),
+        request_class(session_id=seven_of_each.id, page_token=token[:-4]),
+        request_class(session_id=seven_of_each.id, page_token=token + "x"),
+        request_class(session_id=seven_of_each.id, page_token="not a token"),
+        request_class(session_id=seven_of_each.id, page_token=foreign),
+        request_class(session_id=other.id, page_token=token),
+        request_class(session_id=seven_of_each.id, page_size=-1),
+        request_class(session_id=seven_of_each.id, page_size=1001),
+    ]
+    for bad in edited_child_tokens(token):
+        bad_requests.append(request_class(session_id=seven_of_each.id, page_token=bad))
+    for request in bad_requests:
+        code = status_of(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, request
+
+
+def edited_child_tokens(token: str) -> list[str]:
+    """Return copies of a record list token with each JSON member changed."""
+    payload = json.loads(base64.urlsafe_b64decode(token))
+    edited = []
+    for key in payload:
+        for value in ("\x00", ["x"], [2**70], [1.5], {"a": 1}, "x" * 300):
+            changed = dict(payload)
+            changed[key] = value
+            text = json.dumps(changed).encode()
+            edited.append(base64.urlsafe_b64encode(text).decode())
+    return edited
+
+
+@pytest.fixture(scope="module")
+def large_sessions(server: Daemon) -> Iterator[session_pb2_grpc.SessionServiceStub]:
+    """A client that accepts messages as large as the daemon sends."""
+    limit = Settings().max_message_bytes
+    options = [("grpc.max_receive_message_length", limit)]
+    with grpc.insecure_channel(server.address, options=options) as opened:
+        yield session_pb2_grpc.SessionServiceStub(opened)
+
+
+@pytest.mark.timeout(300)
+def test_resume_session_ends_lists_before_size_limit(
+    large_sessions: session_pb2_grpc.SessionServiceStub,
+) -> None:
+    sessions = large_sessions
+    session = new_session(sessions)
+    label = "é" * 8000
+    for batch in range(8):
+        sessions.BatchCreateEntities(
+            pb.BatchCreateEntitiesRequest(
+                session_id=session.id,
+                entities=[
+                    pb.Entity(entity_id=f"e_{batch}_{index}", label=label)
+                    for index in range(100)
+                ],
+            ),
+            timeout=60,
+        )
+    resumed = sessions.ResumeSession(pb.ResumeSessionRequest(id=session.id), timeout=60)
+    assert 0 < len(resumed.entities) < 800
+    assert resumed.entities_next_page_token
+    assert resumed.prompts_next_page_token == ""
+    rest, _ = list_records_pages(
+        sessions,
+        "ListEntities",
+        session.id,
+        0,
+        page_token=resumed.entities_next_page_token,
+    )
+    ids = [entity.entity_id for entity in [*resumed.entities, *rest]]
+    assert ids == [f"e_{batch}_{index}" for batch in range(8) for index in range(100)]
+    everything, pages = list_records_pages(sessions, "ListEntities", session.id, 0)
+    assert pages > 1
+    assert [entity.entity_id for entity in everything] == ids
