@@ -5,7 +5,8 @@ It is a ``grpc.aio`` server with the daemon's server options that implements
 nothing:
 
 - ``PatchState`` returns a StateDocument as large as the daemon's answer;
-- ``StreamStateUpdates`` acknowledges each update as soon as it is read;
+- ``StreamStateUpdates`` acknowledges each update as soon as it is read,
+  with a reader task beside the writer as the daemon has;
 - ``WatchState`` sends every patch made through ``PatchState`` to the
   session's watchers, from memory.
 
@@ -165,9 +166,10 @@ def main() -> None:
     parser.add_argument(
         "--stream-style",
         choices=("generator", "tasks"),
-        default="generator",
+        default="tasks",
         help="how StreamStateUpdates is written: one async generator that "
-        "reads and answers, or a reader task beside the writer",
+        "reads and replies, or a reader task beside the writer (the default, "
+        "which acknowledged about 30%% more updates a second in the bench)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)

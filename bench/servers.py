@@ -110,9 +110,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-size:]
 
 
-def echo_server(
-    workdir: pathlib.Path, stream_style: str = "generator"
-) -> ServerProcess:
+def echo_server(workdir: pathlib.Path, stream_style: str = "tasks") -> ServerProcess:
     """Return the echo server, not yet started, on a free port."""
     address = f"127.0.0.1:{free_port()}"
     command = [
