@@ -5,7 +5,7 @@ requests from the method's descriptor with hostile values: huge, empty and
 NUL-laden strings, NaN and infinite floats, extreme integers, unknown enum
 numbers, and JSON-like text for documents and patches. Other examples send
 raw bytes: a valid request with a string field replaced by invalid UTF-8, or
-random bytes as the whole request. Every answer must be OK or a code the
+random bytes as the whole request. Every status must be OK or a code the
 contract names for bad input, never UNKNOWN or INTERNAL, and the daemon must
 still pass its health check afterwards.
 """

@@ -606,9 +606,9 @@ def sqlite_plans(database: peewee.Database, statements: list[Any]) -> list[str]:
 
 def postgres_plans(database: peewee.Database, statements: list[Any]) -> list[str]:
     problems = []
-    # Tables this small are read fastest without an index; these settings make
+    # Tables this small are read fastest without an index. These settings make
     # the planner use an index whenever one fits, so a scan or a sort that
-    # remains means no index fits.
+    # remains means that no index fits.
     database.execute_sql("SET enable_seqscan = off")
     database.execute_sql("SET enable_sort = off")
     for sql, params in statements:

@@ -1,6 +1,6 @@
 """The contract: the .proto files lint clean, are documented, and match the code.
 
-The generated Python code in ``editstore/v1`` is committed; these tests fail
+The generated Python code in ``editstore/v1`` is committed. These tests fail
 when it drifts from what ``scripts/generate_protos.py`` makes of the protos
 now, so a change to a .proto file must come with regenerated code.
 """

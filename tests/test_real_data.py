@@ -25,7 +25,7 @@ from tests.daemon import Daemon, free_port
 
 POSTGRES_ENV = "EDITSTORE_TEST_POSTGRES"
 Stub = session_pb2_grpc.SessionServiceStub
-# Requests in flight at once; enough to fill the writer's batches.
+# Requests in flight at once, as a busy agent sends them.
 WINDOW = 200
 
 
