@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pathlib
 import signal
 from typing import Any
@@ -35,6 +36,7 @@ from editstore.v1 import session_pb2, state_pb2
 
 logger = logging.getLogger(__name__)
 
+WRITER_STOP_SECONDS = 1.0
 SERVICE_NAMES = (
     session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name,
@@ -89,6 +91,7 @@ class Daemon:
         self._hub = WatchHub(settings.watch_buffer, 2 * settings.max_document_bytes)
         self._health = HealthServicer()
         self._stopped = asyncio.Event()
+        self._lock_fd: int | None = None
 
     async def start(self) -> None:
         """Open the database, check its schema and start serving.
@@ -100,6 +103,7 @@ class Daemon:
         """
         settings = self.settings
         loop = asyncio.get_running_loop()
+        self._lock_fd = database_module.lock_sqlite_file(settings.database)
         database = database_module.open_database(
             settings.database, settings.max_database_bytes
         )
@@ -221,11 +225,17 @@ class Daemon:
         if self._listener is not None:
             self._listener.stop()
         if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+            # The grace period is spent; what is still queued has no caller
+            # that will wait for it, so it gets little time.
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._writer.stop, WRITER_STOP_SECONDS
+            )
         if self._readers is not None:
             self._readers.close()
         if self._database is not None and not self._database.is_closed():
             self._database.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
         logger.info("stopped")
         self._stopped.set()
 

@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> config.Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from editstore.server import app, migrate
+    from editstore.server import app, database, migrate
 
     settings = _settings(args)
     if settings is None:
@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     except migrate.SchemaError as error:
         logger.error("%s", error)
         return 3
-    except (RuntimeError, ValueError, OSError) as error:
+    except (RuntimeError, ValueError, OSError, database.DatabaseInUse) as error:
         logger.error("editstore failed to start: %s", error)
         return 1
     return 0

@@ -37,6 +37,17 @@ UPDATABLE_SESSION_FIELDS = (
 Row = dict[str, Any]
 
 
+def _optional_float(message: Any, field: str) -> float | None:
+    """Return a double field when set, with -0.0 made 0.0.
+
+    Databases may store -0.0 as 0.0, and a value that reads back different
+    from what was written would change the session's etag.
+    """
+    if not message.HasField(field):
+        return None
+    return float(getattr(message, field)) + 0.0
+
+
 def _optional(message: Any, field: str) -> Any:
     return getattr(message, field) if message.HasField(field) else None
 
@@ -80,7 +91,7 @@ def session_fields(message: pb.Session) -> Row:
         "image_path": message.image_path,
         "naive_prompt": message.naive_prompt,
         "status": status_text("session.status", message.status),
-        "final_alignment_score": _optional(message, "final_alignment_score"),
+        "final_alignment_score": _optional_float(message, "final_alignment_score"),
     }
 
 
@@ -125,7 +136,7 @@ def prompt_fields(message: pb.Prompt) -> Row:
         "iteration": message.iteration,
         "positive_prompt": message.positive_prompt,
         "negative_prompt": message.negative_prompt,
-        "quality_score": _optional(message, "quality_score"),
+        "quality_score": _optional_float(message, "quality_score"),
     }
 
 
@@ -146,15 +157,16 @@ def prompt_message(row: Row, session_id: str) -> pb.Prompt:
 def entity_fields(message: pb.Entity) -> Row:
     box = None
     if message.HasField("bbox"):
-        box = (message.bbox.x, message.bbox.y, message.bbox.width, message.bbox.height)
+        bbox = message.bbox
+        box = (bbox.x + 0.0, bbox.y + 0.0, bbox.width + 0.0, bbox.height + 0.0)
     return {
         "entity_id": message.entity_id,
         "label": message.label,
-        "confidence": _optional(message, "confidence"),
+        "confidence": _optional_float(message, "confidence"),
         "bbox": box,
         "mask_path": message.mask_path,
         "color_hex": message.color_hex,
-        "area_percent": _optional(message, "area_percent"),
+        "area_percent": _optional_float(message, "area_percent"),
     }
 
 
@@ -194,7 +206,7 @@ def _parse_box(text: str | None) -> pb.BoundingBox | None:
 def validation_fields(message: pb.Validation) -> Row:
     return {
         "attempt_number": message.attempt_number,
-        "alignment_score": _optional(message, "alignment_score"),
+        "alignment_score": _optional_float(message, "alignment_score"),
         "preserved_count": message.preserved_count,
         "modified_count": message.modified_count,
         "unintended_count": message.unintended_count,

@@ -10,6 +10,7 @@ transactions with ``read_transaction``, which begins DEFERRED.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pathlib
@@ -148,6 +149,37 @@ def is_busy(error: BaseException) -> bool:
     if isinstance(error, peewee.InterfaceError | peewee.OperationalError):
         return "connection" in text or "server closed" in text
     return False
+
+
+class DatabaseInUse(Exception):
+    """Another daemon serves the same SQLite file."""
+
+
+def lock_sqlite_file(url: str) -> int | None:
+    """Take the lock that lets one daemon serve a SQLite file; return its fd.
+
+    Watches learn of changes from the daemon's own writer, so a second daemon
+    on the same file would leave them blind to its writes. Returns None for
+    PostgreSQL, where daemons may share a database.
+
+    Raises:
+        DatabaseInUse: another process holds the lock.
+    """
+    path = sqlite_path(url)
+    if path is None or path == ":memory:":
+        return None
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    lock_path = f"{path}-daemon.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(
+            f"another editstore daemon serves {path} (it holds {lock_path}); "
+            "stop it, or use PostgreSQL to run several daemons on one database"
+        ) from None
+    return fd
 
 
 def file_size(url: str) -> int | None:

@@ -155,7 +155,7 @@ def check_session_fields(fields: Row) -> Row:
 
 def create_session(fields: Row, request_id: str) -> Operation:
     """Return the operation that creates a session; status defaults to in_progress."""
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     for name in ("image_path", "naive_prompt"):
         fields.setdefault(name, "")
     check_session_fields(fields)
@@ -365,7 +365,7 @@ def create_prompt(session_id: str, fields: Row, request_id: str) -> Operation:
         AlreadyExists: the iteration is already used in the session.
     """
     _check_child_session(session_id)
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     validation.count("prompt.iteration", fields["iteration"])
     validation.text("prompt.positive_prompt", fields["positive_prompt"] or "")
     validation.text("prompt.negative_prompt", fields["negative_prompt"] or "")
@@ -407,7 +407,7 @@ def create_entities(session_id: str, entities: list[Row], request_id: str) -> Op
     it is stored as JSON text in ``bbox_json``.
     """
     _check_child_session(session_id)
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     if not entities:
         raise InvalidArgument("entities must hold at least one entity")
     if len(entities) > MAX_BATCH_ENTITIES:
@@ -452,7 +452,7 @@ def create_entities(session_id: str, entities: list[Row], request_id: str) -> Op
 def create_validation(session_id: str, fields: Row, request_id: str) -> Operation:
     """Return the operation that adds a validation."""
     _check_child_session(session_id)
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     for name in (
         "attempt_number",
         "preserved_count",
@@ -475,7 +475,7 @@ def create_validation(session_id: str, fields: Row, request_id: str) -> Operatio
 def create_feedback(session_id: str, fields: Row, request_id: str) -> Operation:
     """Return the operation that adds the person's feedback."""
     _check_child_session(session_id)
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     if fields["feedback_type"] is None:
         raise InvalidArgument(
             "user_feedback.feedback_type is required: accept, reject or partial"

@@ -14,7 +14,9 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from editstore.server.errors import AlreadyExists
+import peewee
+
+from editstore.server.errors import AlreadyExists, Unavailable
 from editstore.server.models import RequestRecord, utc_now
 from editstore.server.prepared import PreparedQuery
 
@@ -25,6 +27,9 @@ _FIND = PreparedQuery(
     lambda: RequestRecord.select(
         RequestRecord.method, RequestRecord.fingerprint, RequestRecord.response
     ).where(RequestRecord.request_id == "")
+)
+_SET_RESPONSE = PreparedQuery(
+    lambda: RequestRecord.update(response="").where(RequestRecord.request_id == "")
 )
 _INSERT = PreparedQuery(
     lambda: RequestRecord.insert(
@@ -70,20 +75,35 @@ def once(
         return operation
     digest = fingerprint(method, payload)
 
+    def stored_result(record: tuple[Any, ...]) -> T:
+        stored_method, stored_digest, response = record
+        if stored_method != method or stored_digest != digest:
+            raise AlreadyExists(
+                f"request_id {request_id} was already used by a different "
+                f"{stored_method} request; use a new UUID for a new request"
+            )
+        result: T = json.loads(response, object_hook=_decode)
+        return result
+
     def run_once(events: list[Any]) -> T:
         record = _FIND.first([request_id])
         if record is not None:
-            stored_method, stored_digest, response = record
-            if stored_method != method or stored_digest != digest:
-                raise AlreadyExists(
-                    f"request_id {request_id} was already used by a different "
-                    f"{stored_method} request; use a new UUID for a new request"
-                )
-            result: T = json.loads(response, object_hook=_decode)
-            return result
+            return stored_result(record)
+        # The id is claimed before the write: a daemon sharing the database
+        # that runs the same request at once waits on this row, then finds it
+        # taken and returns the response stored here.
+        try:
+            with RequestRecord._meta.database.savepoint():
+                _INSERT.execute([request_id, method, digest, "", utc_now()])
+        except peewee.IntegrityError:
+            record = _FIND.first([request_id])
+            if record is None:
+                raise Unavailable(
+                    f"request_id {request_id} is being applied by another daemon; retry"
+                ) from None
+            return stored_result(record)
         result = operation(events)
-        response = json.dumps(result, default=_encode)
-        _INSERT.execute([request_id, method, digest, response, utc_now()])
+        _SET_RESPONSE.execute([json.dumps(result, default=_encode), request_id])
         return result
 
     return run_once

@@ -200,6 +200,12 @@ class StateServicer:
                 await reader
             finally:
                 reader.cancel()
+                # Updates read but not acknowledged have no one to tell:
+                # cancelling them lets the writer skip them.
+                while not pending.empty():
+                    item = pending.get_nowait()
+                    if item is not None:
+                        item[1].cancel()
 
     async def _read_updates(
         self,

@@ -114,7 +114,7 @@ def put_state(
 ) -> Operation:
     """Return the operation that replaces a session's document."""
     validation.identifier("session_id", session_id)
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     _check_expected("expected_version", expected_version)
     document = documents.parse_object(document_json, "document_json")
     documents.check_state_fields(document, session_id)
@@ -139,7 +139,7 @@ def patch_state(
 ) -> Operation:
     """Return the operation that applies a JSON merge patch to a document."""
     validation.identifier("session_id", session_id)
-    validation.request_id(request_id)
+    request_id = validation.request_id(request_id)
     _check_expected("expected_version", expected_version)
     patch = documents.parse_object(merge_patch_json, "merge_patch_json")
     patch_text = documents.dump(patch, "merge_patch_json")

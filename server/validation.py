@@ -54,16 +54,19 @@ def identifier(field: str, value: str) -> str:
 
 
 def request_id(value: str) -> str:
-    """Check a request id: empty (none) or a UUID."""
+    """Check a request id and return it in canonical form; empty means none.
+
+    One UUID has several spellings (upper case, braces, a urn: prefix); they
+    all name the same request.
+    """
     if not value:
         return value
     try:
-        uuid.UUID(value)
+        return str(uuid.UUID(value))
     except ValueError:
         raise InvalidArgument(
             f"request_id must be a UUID such as {uuid.uuid4()}, got {_show(value)}"
         ) from None
-    return value
 
 
 def finite(field: str, value: float | None) -> float | None:

@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -96,6 +97,7 @@ class Writer:
         self._queue: list[_Request] = []
         self._condition = threading.Condition()
         self._stopping = False
+        self._deadline: float | None = None
         self._thread = threading.Thread(
             target=self._serve, name="editstore-writer", daemon=True
         )
@@ -107,12 +109,18 @@ class Writer:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Commit what is queued, then stop the thread and close its connection."""
+        """Commit what is queued, then stop the thread and close its connection.
+
+        Writes still queued after ``timeout`` seconds fail with Unavailable
+        instead of being committed.
+        """
         with self._condition:
             self._stopping = True
+            if timeout is not None:
+                self._deadline = time.monotonic() + timeout
             self._condition.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join()
 
     async def run(self, operation: Operation[T]) -> T:
         """Queue an operation and return its result once it is committed."""
@@ -149,7 +157,16 @@ class Writer:
                         return
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
-                self._run_batch(batch)
+                    late = self._past_deadline()
+                # A caller that went away (a cancelled call or stream) is not
+                # waiting for its write, so it is dropped rather than applied.
+                waiting = [
+                    request for request in batch if not request.future.cancelled()
+                ]
+                if late:
+                    self._fail(waiting, errors.Unavailable("the daemon stopped first"))
+                elif waiting:
+                    self._run_batch(waiting)
         finally:
             if not self._database.is_closed():
                 self._database.close()
@@ -189,6 +206,11 @@ class Writer:
         database = self._database
         with database.atomic():
             for request in batch:
+                if request.future.cancelled() or self._past_deadline():
+                    outcomes.append(
+                        (False, errors.Unavailable("the daemon stopped first"))
+                    )
+                    continue
                 mark = len(events)
                 try:
                     with database.savepoint():
@@ -208,16 +230,27 @@ class Writer:
                     outcomes.append((False, error))
         return outcomes, events
 
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _fail(self, batch: list[_Request], error: errors.StoreError) -> None:
+        if batch:
+            logger.warning("dropped %d queued writes at shutdown", len(batch))
+            self._deliver(batch, [(False, error)] * len(batch))
+
     def _deliver(self, batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for request, (ok, value) in zip(batch, outcomes, strict=True):
             if request.loop is None:
                 future = request.future
                 assert isinstance(future, concurrent.futures.Future)
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+                try:
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                except concurrent.futures.InvalidStateError:
+                    pass  # cancelled by its caller meanwhile
             else:
                 by_loop.setdefault(request.loop, []).append((request.future, ok, value))
         for loop, items in by_loop.items():

@@ -470,3 +470,147 @@ def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
                 request, timeout=5
             )
     daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_second_daemon_on_same_sqlite_file_refused(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = Daemon(url, free_port(), tmp_path / "first.log")
+    first.start()
+    second = Daemon(url, free_port(), tmp_path / "second.log")
+    with pytest.raises(RuntimeError) as refused:
+        second.start()
+    assert "another editstore daemon serves" in str(refused.value)
+    first.stop()
+    second.start()
+    second.stop()
+
+
+@pytest.mark.timeout(120)
+def test_request_id_across_two_daemons_applies_once(
+    postgres_url: str, tmp_path: pathlib.Path
+) -> None:
+    daemons = [
+        Daemon(postgres_url, free_port(), tmp_path / f"daemon{n}.log") for n in range(2)
+    ]
+    for daemon in daemons:
+        daemon.start()
+    channels = [grpc.insecure_channel(daemon.address) for daemon in daemons]
+    session_stubs = [session_pb2_grpc.SessionServiceStub(c) for c in channels]
+    for _ in range(5):
+        request_id = str(uuid.uuid4())
+        request = pb.CreateSessionRequest(
+            session=pb.Session(image_path="/a.jpg", naive_prompt="x"),
+            request_id=request_id,
+        )
+        replies: list[pb.Session] = []
+        failures: list[grpc.RpcError] = []
+
+        def send(
+            number: int,
+            request: pb.CreateSessionRequest = request,
+            replies: list[pb.Session] = replies,
+            failures: list[grpc.RpcError] = failures,
+        ) -> None:
+            try:
+                stub = session_stubs[number % 2]
+                replies.append(stub.CreateSession(request, timeout=20))
+            except grpc.RpcError as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, [f.details() for f in failures]
+        assert len({reply.id for reply in replies}) == 1
+        assert len({reply.SerializeToString() for reply in replies}) == 1
+    for channel in channels:
+        channel.close()
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.mark.timeout(60)
+def test_request_id_spellings_name_one_request(daemon: Daemon) -> None:
+    channel, sessions, _ = stubs(daemon.address)
+    value = uuid.uuid4()
+    spellings = [str(value), str(value).upper(), "{" + str(value) + "}", value.hex]
+    ids = set()
+    for spelling in spellings:
+        request = pb.CreateSessionRequest(
+            session=pb.Session(image_path="/a.jpg", naive_prompt="x"),
+            request_id=spelling,
+        )
+        ids.add(sessions.CreateSession(request, timeout=10).id)
+    assert len(ids) == 1
+    channel.close()
+
+
+@pytest.mark.timeout(60)
+def test_negative_zero_score_keeps_etag_valid(daemon: Daemon) -> None:
+    channel, sessions, _ = stubs(daemon.address)
+    created = sessions.CreateSession(
+        pb.CreateSessionRequest(
+            session=pb.Session(
+                image_path="/a.jpg", naive_prompt="x", final_alignment_score=-0.0
+            )
+        ),
+        timeout=10,
+    )
+    fetched = sessions.GetSession(pb.GetSessionRequest(id=created.id), timeout=10)
+    assert created.etag == fetched.etag
+    update = pb.UpdateSessionRequest(
+        session=pb.Session(id=created.id, naive_prompt="y", etag=created.etag),
+        update_mask={"paths": ["naive_prompt"]},
+    )
+    assert sessions.UpdateSession(update, timeout=10).naive_prompt == "y"
+    channel.close()
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_with_busy_update_streams_stops_in_grace(
+    daemon: Daemon,
+) -> None:
+    channel, sessions, states = stubs(daemon.address)
+    session_ids = [new_session(sessions) for _ in range(4)]
+    document = json.dumps({"payload": "z" * 200_000})
+
+    def updates(session_id: str):
+        for number in range(100_000):
+            yield state_pb2.StreamStateUpdatesRequest(
+                sequence=number, session_id=session_id, document_json=document
+            )
+
+    acked: dict[str, int] = {}
+
+    def stream(session_id: str) -> None:
+        try:
+            for ack in states.StreamStateUpdates(updates(session_id), timeout=60):
+                if ack.code == 0:
+                    acked[session_id] = ack.version
+        except grpc.RpcError:
+            pass
+
+    threads = [threading.Thread(target=stream, args=(s,)) for s in session_ids]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    started = time.monotonic()
+    exit_code = daemon.terminate(timeout=60)
+    elapsed = time.monotonic() - started
+    for thread in threads:
+        thread.join(30)
+
+    assert exit_code == 0
+    assert elapsed < 13, f"stopping took {elapsed:.1f} s with a 10 s grace period"
+    daemon.start()
+    channel.close()
+    channel, sessions, states = stubs(daemon.address)
+    for session_id, version in acked.items():
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=session_id), timeout=10
+        )
+        assert reply.version >= version
+    channel.close()
