@@ -48,6 +48,12 @@ def parse_object(text: str, field: str) -> dict[str, Any]:
                 f"{field} contains the number {literal}, which is too large for "
                 "a 64-bit float"
             )
+        mantissa = literal.lower().partition("e")[0]
+        if value == 0 and any(digit in mantissa for digit in "123456789"):
+            raise InvalidArgument(
+                f"{field} contains the number {literal}, which is too small for "
+                "a 64-bit float and would read back as 0"
+            )
         return value
 
     def parse_int(literal: str) -> int:
