@@ -544,7 +544,10 @@ def test_big_integer_survives_merge_patch(client: Client) -> None:
 
 def test_integers_and_floats_keep_their_form(client: Client) -> None:
     session_id = client.create_session()
-    text = '{"int":3,"float":3.0,"zero":0,"negzero":-0.0,"pi":3.141592653589793}'
+    text = (
+        '{"int":3,"float":3.0,"zero":0,"negzero":-0.0,"pi":3.141592653589793,'
+        '"tiny":5e-324,"zerofloat":0.0}'
+    )
 
     client.put(session_id, text)
     got = client.get(session_id)
@@ -607,11 +610,20 @@ def test_escaped_text_reads_back_as_same_characters(client: Client) -> None:
     assert got.document_json == '{"a":"\u2028\u00e9\U0001f600\\u0000\\n"}'
 
 
-REJECTED_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
+# Numbers no 64-bit float can hold; 1e-400 would silently read back as 0.0.
+REJECTED_NUMBERS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "-2E-324",
+]
 
 
 @pytest.mark.parametrize("literal", REJECTED_NUMBERS)
-def test_put_state_rejects_non_finite_number(client: Client, literal: str) -> None:
+def test_put_state_rejects_unrepresentable_number(client: Client, literal: str) -> None:
     session_id = client.create_session()
     client.put(session_id, {"ok": 1})
 
@@ -623,7 +635,9 @@ def test_put_state_rejects_non_finite_number(client: Client, literal: str) -> No
 
 
 @pytest.mark.parametrize("literal", REJECTED_NUMBERS)
-def test_patch_state_rejects_non_finite_number(client: Client, literal: str) -> None:
+def test_patch_state_rejects_unrepresentable_number(
+    client: Client, literal: str
+) -> None:
     session_id = client.create_session()
     client.put(session_id, {"ok": 1})
 
@@ -920,19 +934,21 @@ def test_patch_state_may_remove_state_fields(client: Client) -> None:
 # Concurrent writers
 
 
-def test_writers_with_expected_versions_win_each_version_once(
-    shared_daemon: Daemon,
-) -> None:
-    target = 100
-    with grpc.insecure_channel(shared_daemon.address) as channel:
-        session_id = Client(channel).create_session()
-    won: dict[str, list[int]] = {"a": [], "b": []}
-    aborted = {"a": 0, "b": 0}
+def race_writers(
+    addresses: dict[str, str], session_id: str, target: int
+) -> dict[str, list[int]]:
+    """Run one writer per address until the document reaches ``target``.
+
+    Each writer loops: read version v, put with expected_version=v, and on
+    ABORTED read again. Returns the versions each writer was acknowledged.
+    """
+    won: dict[str, list[int]] = {name: [] for name in addresses}
+    aborted = dict.fromkeys(addresses, 0)
     failures: list[BaseException] = []
 
     def write(name: str) -> None:
         try:
-            with grpc.insecure_channel(shared_daemon.address) as channel:
+            with grpc.insecure_channel(addresses[name]) as channel:
                 client = Client(channel)
                 while True:
                     version = client.get(session_id).version
@@ -953,19 +969,60 @@ def test_writers_with_expected_versions_win_each_version_once(
         except BaseException as error:  # reported by the main thread
             failures.append(error)
 
-    threads = [threading.Thread(target=write, args=(name,)) for name in won]
+    threads = [threading.Thread(target=write, args=(name,)) for name in addresses]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(50)
-    print(f"versions won: a={len(won['a'])} b={len(won['b'])}, aborted: {aborted}")
-
+    counts = {name: len(versions) for name, versions in won.items()}
+    print(f"versions won: {counts}, aborted: {aborted}")
     assert not failures
+    return won
+
+
+def test_writers_with_expected_versions_win_each_version_once(
+    shared_daemon: Daemon,
+) -> None:
+    target = 100
+    with grpc.insecure_channel(shared_daemon.address) as channel:
+        session_id = Client(channel).create_session()
+
+    won = race_writers(
+        {"a": shared_daemon.address, "b": shared_daemon.address}, session_id, target
+    )
+
     assert not set(won["a"]) & set(won["b"])
     assert sorted(won["a"] + won["b"]) == list(range(1, target + 1))
     with grpc.insecure_channel(shared_daemon.address) as channel:
-        client = Client(channel)
-        final = client.get(session_id)
+        final = Client(channel).get(session_id)
+    assert final.version == target
+    assert parsed(final)["after"] == target - 1
+
+
+def test_writers_on_two_daemons_win_each_version_once(
+    database_url: str, tmp_path: pathlib.Path
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("two daemons share a database only on PostgreSQL")
+    target = 100
+    first = start_daemon(database_url, tmp_path, [])
+    try:
+        second = start_daemon(database_url, tmp_path, [])
+        try:
+            with grpc.insecure_channel(first.address) as channel:
+                session_id = Client(channel).create_session()
+            won = race_writers(
+                {"a": first.address, "b": second.address}, session_id, target
+            )
+            with grpc.insecure_channel(second.address) as channel:
+                final = Client(channel).get(session_id)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+    assert not set(won["a"]) & set(won["b"])
+    assert sorted(won["a"] + won["b"]) == list(range(1, target + 1))
     assert final.version == target
     assert parsed(final)["after"] == target - 1
 
