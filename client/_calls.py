@@ -198,15 +198,20 @@ def create_prompt(
     )
 
 
-def list_prompts(session_id: str) -> UnaryCall[list[Prompt]]:
-    request = session_pb2.ListPromptsRequest(session_id=session_id)
+def list_prompts(
+    session_id: str, page_token: str = ""
+) -> UnaryCall[tuple[list[Prompt], str]]:
+    request = session_pb2.ListPromptsRequest(
+        session_id=session_id, page_token=page_token
+    )
     return UnaryCall(
         "session",
         "ListPrompts",
         request,
-        lambda response: [
-            _convert.prompt_from_proto(item) for item in response.prompts
-        ],
+        lambda response: (
+            [_convert.prompt_from_proto(item) for item in response.prompts],
+            response.next_page_token,
+        ),
         True,
     )
 
@@ -232,15 +237,20 @@ def batch_create_entities(
     )
 
 
-def list_entities(session_id: str) -> UnaryCall[list[Entity]]:
-    request = session_pb2.ListEntitiesRequest(session_id=session_id)
+def list_entities(
+    session_id: str, page_token: str = ""
+) -> UnaryCall[tuple[list[Entity], str]]:
+    request = session_pb2.ListEntitiesRequest(
+        session_id=session_id, page_token=page_token
+    )
     return UnaryCall(
         "session",
         "ListEntities",
         request,
-        lambda response: [
-            _convert.entity_from_proto(item) for item in response.entities
-        ],
+        lambda response: (
+            [_convert.entity_from_proto(item) for item in response.entities],
+            response.next_page_token,
+        ),
         True,
     )
 
@@ -273,15 +283,20 @@ def create_validation(
     )
 
 
-def list_validations(session_id: str) -> UnaryCall[list[Validation]]:
-    request = session_pb2.ListValidationsRequest(session_id=session_id)
+def list_validations(
+    session_id: str, page_token: str = ""
+) -> UnaryCall[tuple[list[Validation], str]]:
+    request = session_pb2.ListValidationsRequest(
+        session_id=session_id, page_token=page_token
+    )
     return UnaryCall(
         "session",
         "ListValidations",
         request,
-        lambda response: [
-            _convert.validation_from_proto(item) for item in response.validations
-        ],
+        lambda response: (
+            [_convert.validation_from_proto(item) for item in response.validations],
+            response.next_page_token,
+        ),
         True,
     )
 
@@ -312,24 +327,60 @@ def create_user_feedback(
     )
 
 
-def list_user_feedback(session_id: str) -> UnaryCall[list[UserFeedback]]:
-    request = session_pb2.ListUserFeedbackRequest(session_id=session_id)
+def list_user_feedback(
+    session_id: str, page_token: str = ""
+) -> UnaryCall[tuple[list[UserFeedback], str]]:
+    request = session_pb2.ListUserFeedbackRequest(
+        session_id=session_id, page_token=page_token
+    )
     return UnaryCall(
         "session",
         "ListUserFeedback",
         request,
-        lambda response: [
-            _convert.user_feedback_from_proto(item) for item in response.user_feedback
-        ],
+        lambda response: (
+            [
+                _convert.user_feedback_from_proto(item)
+                for item in response.user_feedback
+            ],
+            response.next_page_token,
+        ),
         True,
     )
 
 
-def resume_session(session_id: str) -> UnaryCall[ResumedSession]:
+RECORD_KINDS = ("prompts", "entities", "validations", "user_feedback")
+
+
+def list_records(
+    kind: str, session_id: str, page_token: str
+) -> UnaryCall[tuple[list[Any], str]]:
+    """Return the call that lists one page of a kind of record."""
+    factory = {
+        "prompts": list_prompts,
+        "entities": list_entities,
+        "validations": list_validations,
+        "user_feedback": list_user_feedback,
+    }[kind]
+    return factory(session_id, page_token)  # type: ignore[return-value]
+
+
+def resume_session(
+    session_id: str,
+) -> UnaryCall[tuple[ResumedSession, dict[str, str]]]:
+    """Return the call of ResumeSession; its result also carries, for each kind
+    of record, the page token where the rest of that list goes on ("" if none).
+    """
     request = session_pb2.ResumeSessionRequest(id=session_id)
-    return UnaryCall(
-        "session", "ResumeSession", request, _convert.resumed_from_proto, True
-    )
+
+    def convert(
+        response: session_pb2.ResumeSessionResponse,
+    ) -> tuple[ResumedSession, dict[str, str]]:
+        tokens = {
+            kind: getattr(response, f"{kind}_next_page_token") for kind in RECORD_KINDS
+        }
+        return _convert.resumed_from_proto(response), tokens
+
+    return UnaryCall("session", "ResumeSession", request, convert, True)
 
 
 def get_state(session_id: str) -> UnaryCall[StateDocument]:

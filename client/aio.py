@@ -306,7 +306,7 @@ class AsyncClient:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[Prompt]:
         """Return a session's prompts in order of iteration."""
-        return await self._invoke(_calls.list_prompts(session_id), timeout)
+        return await self._all_records("prompts", session_id, "", timeout)
 
     async def batch_create_entities(
         self,
@@ -334,7 +334,7 @@ class AsyncClient:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[Entity]:
         """Return a session's entities in the order they were added."""
-        return await self._invoke(_calls.list_entities(session_id), timeout)
+        return await self._all_records("entities", session_id, "", timeout)
 
     async def create_validation(
         self,
@@ -372,7 +372,7 @@ class AsyncClient:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[Validation]:
         """Return a session's validations in the order they were added."""
-        return await self._invoke(_calls.list_validations(session_id), timeout)
+        return await self._all_records("validations", session_id, "", timeout)
 
     async def create_user_feedback(
         self,
@@ -399,7 +399,7 @@ class AsyncClient:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[UserFeedback]:
         """Return a session's feedback in the order it was given."""
-        return await self._invoke(_calls.list_user_feedback(session_id), timeout)
+        return await self._all_records("user_feedback", session_id, "", timeout)
 
     async def resume_session(
         self, session_id: str, *, timeout: float | None = None
@@ -408,7 +408,31 @@ class AsyncClient:
 
         Everything is read in one transaction, so the parts agree.
         """
-        return await self._invoke(_calls.resume_session(session_id), timeout)
+        call = _calls.resume_session(session_id)
+        result: tuple[ResumedSession, dict[str, str]] = await self._invoke(
+            call, timeout
+        )
+        resumed, tokens = result
+        # A session too large for one message comes with page tokens for the
+        # rest of its records, read here before returning.
+        for kind, token in tokens.items():
+            if token:
+                rest = await self._all_records(kind, session_id, token, timeout)
+                getattr(resumed, kind).extend(rest)
+        return resumed
+
+    async def _all_records(
+        self, kind: str, session_id: str, page_token: str, timeout: float | None
+    ) -> list[Any]:
+        """Return every record of a kind from ``page_token`` on, page by page."""
+        records: list[Any] = []
+        while True:
+            call = _calls.list_records(kind, session_id, page_token)
+            result: tuple[list[Any], str] = await self._invoke(call, timeout)
+            page, page_token = result
+            records.extend(page)
+            if not page_token:
+                return records
 
     # StateService
 

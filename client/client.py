@@ -343,7 +343,7 @@ class Client:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[Prompt]:
         """Return a session's prompts in order of iteration."""
-        return self._invoke(_calls.list_prompts(session_id), timeout)
+        return self._all_records("prompts", session_id, "", timeout)
 
     def batch_create_entities(
         self,
@@ -371,7 +371,7 @@ class Client:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[Entity]:
         """Return a session's entities in the order they were added."""
-        return self._invoke(_calls.list_entities(session_id), timeout)
+        return self._all_records("entities", session_id, "", timeout)
 
     def create_validation(
         self,
@@ -409,7 +409,7 @@ class Client:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[Validation]:
         """Return a session's validations in the order they were added."""
-        return self._invoke(_calls.list_validations(session_id), timeout)
+        return self._all_records("validations", session_id, "", timeout)
 
     def create_user_feedback(
         self,
@@ -436,7 +436,7 @@ class Client:
         self, session_id: str, *, timeout: float | None = None
     ) -> list[UserFeedback]:
         """Return a session's feedback in the order it was given."""
-        return self._invoke(_calls.list_user_feedback(session_id), timeout)
+        return self._all_records("user_feedback", session_id, "", timeout)
 
     def resume_session(
         self, session_id: str, *, timeout: float | None = None
@@ -445,7 +445,29 @@ class Client:
 
         Everything is read in one transaction, so the parts agree.
         """
-        return self._invoke(_calls.resume_session(session_id), timeout)
+        call = _calls.resume_session(session_id)
+        result: tuple[ResumedSession, dict[str, str]] = self._invoke(call, timeout)
+        resumed, tokens = result
+        # A session too large for one message comes with page tokens for the
+        # rest of its records, read here before returning.
+        for kind, token in tokens.items():
+            if token:
+                rest = self._all_records(kind, session_id, token, timeout)
+                getattr(resumed, kind).extend(rest)
+        return resumed
+
+    def _all_records(
+        self, kind: str, session_id: str, page_token: str, timeout: float | None
+    ) -> list[Any]:
+        """Return every record of a kind from ``page_token`` on, page by page."""
+        records: list[Any] = []
+        while True:
+            call = _calls.list_records(kind, session_id, page_token)
+            result: tuple[list[Any], str] = self._invoke(call, timeout)
+            page, page_token = result
+            records.extend(page)
+            if not page_token:
+                return records
 
     # StateService
 

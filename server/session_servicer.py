@@ -17,6 +17,7 @@ from editstore.v1 import session_pb2 as pb
 logger = logging.getLogger(__name__)
 
 Context: TypeAlias = grpc.aio.ServicerContext
+GRPC_DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class SessionServicer:
@@ -27,8 +28,11 @@ class SessionServicer:
     ) -> None:
         self._writer = writer
         self._readers = readers
-        # Room for the response's own fields and framing.
-        self._page_bytes = max_message_bytes - 1024
+        # Pages stay under gRPC's default receive limit of 4 MiB, so clients
+        # with default settings can list; only a state document near its
+        # limit needs the larger limit. The margin is for framing.
+        self._page_bytes = min(max_message_bytes, GRPC_DEFAULT_MESSAGE_BYTES) - 1024
+        self._resume_bytes = max_message_bytes - 1024
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Context
@@ -188,7 +192,7 @@ class SessionServicer:
             session=convert.session_message(bundle["session"]),
             state=convert.state_message(session_id, bundle["state"]),
         )
-        budget = self._page_bytes - response.ByteSize()
+        budget = self._resume_bytes - response.ByteSize()
         for kind in records.CHILD_KINDS:
             messages, token = self._page(
                 kind,
