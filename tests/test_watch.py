@@ -746,6 +746,11 @@ def test_watch_sees_changes_written_through_other_daemon(
         events = [reader.next_event(timeout=20) for _ in range(220)]
         Client(first_channel).patch(session_id, {"step": 221})
         own = reader.next_event()
+        writer.sessions.DeleteSession(
+            session_pb2.DeleteSessionRequest(id=session_id), timeout=10
+        )
+        deleted = reader.next_event()
+        end = reader.end()
 
     assert versions == list(range(21, 221))
     assert [event.type for event in events] == [CHANGE] * 220
@@ -753,6 +758,8 @@ def test_watch_sees_changes_written_through_other_daemon(
     assert [parsed(event.state)["step"] for event in events] == list(range(1, 221))
     assert json.loads(events[0].merge_patch_json) == {"step": 1}
     expect_change(own, 221, {"step": 221})
+    assert deleted.type == SESSION_DELETED
+    assert end.code == grpc.StatusCode.OK
 
 
 def test_watch_outrun_by_other_daemon_gets_history_lost(
