@@ -1486,3 +1486,29 @@ def test_resume_session_ends_lists_before_size_limit(
     everything, pages = list_records_pages(sessions, "ListEntities", session.id, 0)
     assert pages > 1
     assert [entity.entity_id for entity in everything] == ids
+
+
+@pytest.mark.timeout(300)
+def test_resume_session_pages_past_1000_prompts(
+    sessions: session_pb2_grpc.SessionServiceStub,
+) -> None:
+    session = new_session(sessions)
+    futures = [
+        sessions.CreatePrompt.future(
+            pb.CreatePromptRequest(
+                prompt=pb.Prompt(session_id=session.id, iteration=iteration)
+            ),
+            timeout=60,
+        )
+        for iteration in range(1001)
+    ]
+    for future in futures:
+        future.result()
+    resumed = sessions.ResumeSession(pb.ResumeSessionRequest(id=session.id), timeout=60)
+    assert [prompt.iteration for prompt in resumed.prompts] == list(range(1000))
+    assert resumed.prompts_next_page_token
+    rest, pages = list_records_pages(
+        sessions, "ListPrompts", session.id, 0, resumed.prompts_next_page_token
+    )
+    assert pages == 1
+    assert [prompt.iteration for prompt in rest] == [1000]
