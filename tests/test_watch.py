@@ -403,6 +403,33 @@ def test_stopping_daemon_ends_watch_with_unavailable(
     assert end.code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_stopping_daemon_ends_stalled_watch_with_unavailable(
+    database_url: str, tmp_path: pathlib.Path
+) -> None:
+    # A watch blocked on a client that reads nothing cannot see the shutdown,
+    # so the daemon cancels it when the grace period ends.
+    args = ["--watch-buffer", "8", "--grace-seconds", "1"]
+    with running_daemon(database_url, tmp_path, args) as process:
+        with (
+            grpc.insecure_channel(process.address) as channel,
+            grpc.insecure_channel(
+                process.address, options=STALLED_OPTIONS
+            ) as stalled_channel,
+        ):
+            client = Client(channel)
+            session_id = client.create_session()
+            stalled = stalled_watch(stalled_channel, session_id)
+            write_large_documents(client, session_id, 20)
+
+            exit_code = process.terminate()
+            with pytest.raises(grpc.RpcError) as info:
+                for _ in stalled:
+                    pass
+
+    assert exit_code == 0
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 # Only committed changes
 
 
