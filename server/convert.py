@@ -56,6 +56,9 @@ def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None
     """Return a Timestamp for a naive UTC datetime, None for None."""
     if value is None:
         return None
+    # NOTE: SQLite keeps any value in a TIMESTAMP column. A row made by hand
+    # with a time stored as a number or as text that is not ISO 8601 fails
+    # here, and its read answers INTERNAL.
     if isinstance(value, str):
         value = datetime.datetime.fromisoformat(value)
     result = timestamp_pb2.Timestamp()
