@@ -100,6 +100,18 @@ def _streaming(
     return handle
 
 
+def _serializer(message_class: Any) -> Callable[[Any], bytes]:
+    """Serialize a response; bytes pass as they are, already serialized."""
+    serialize = message_class.SerializeToString
+
+    def to_bytes(response: Any) -> bytes:
+        if isinstance(response, bytes):
+            return response
+        return serialize(response)  # type: ignore[no-any-return]
+
+    return to_bytes
+
+
 def generic_handler(
     servicer: object, service: ServiceDescriptor
 ) -> grpc.GenericRpcHandler:
@@ -111,7 +123,7 @@ def generic_handler(
         request_class = database.GetSymbol(method.input_type.full_name)
         response_class = database.GetSymbol(method.output_type.full_name)
         parse = _Parser(request_class)
-        serialize = response_class.SerializeToString
+        serialize = _serializer(response_class)
         full_name = f"{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(

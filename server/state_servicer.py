@@ -25,6 +25,7 @@ Context: TypeAlias = grpc.aio.ServicerContext
 # while this many, or this many documents' worth of bytes, are in flight, which
 # bounds the memory one stream holds.
 MAX_UPDATES_IN_FLIGHT = 1024
+ENCODED_CHANGES_KEPT = 256
 UPDATE_BYTES_IN_FLIGHT_FACTOR = 4
 _Pending = tuple[int, "asyncio.Future[Any]", int]
 
@@ -92,6 +93,9 @@ class StateServicer:
         self._limits = limits
         self._slots = slots
         self._heartbeat = heartbeat_seconds
+        # The latest changes, serialized: a hundred watchers of one session
+        # share one encoding of each change instead of building their own.
+        self._encoded_changes: dict[tuple[str, int], bytes] = {}
 
     async def GetState(
         self, request: state_pb2.GetStateRequest, context: Context
@@ -239,7 +243,7 @@ class StateServicer:
 
     async def WatchState(
         self, request: state_pb2.WatchStateRequest, context: Context
-    ) -> AsyncIterator[state_pb2.WatchStateResponse]:
+    ) -> AsyncIterator[state_pb2.WatchStateResponse | bytes]:
         session_id = request.session_id
         if request.from_version < 0:
             raise errors.InvalidArgument(
@@ -260,7 +264,7 @@ class StateServicer:
 
     async def _watch(
         self, watcher: Watcher, from_version: int
-    ) -> AsyncIterator[state_pb2.WatchStateResponse]:
+    ) -> AsyncIterator[state_pb2.WatchStateResponse | bytes]:
         session_id = watcher.session_id
         # Subscribed first, read second: a change committed in between is in
         # both, and is sent once because versions at or below `last` are skipped.
@@ -310,7 +314,7 @@ class StateServicer:
                 if event.version <= last:
                     continue
                 if isinstance(event, StateChanged) and event.version == last + 1:
-                    yield self._change(event)
+                    yield self._encoded_change(event)
                     last = event.version
                     continue
                 # A version made by another daemon, or a gap: read the
@@ -355,6 +359,17 @@ class StateServicer:
             type=state_pb2.WATCH_EVENT_TYPE_SNAPSHOT,
             state=convert.state_message(session_id, state),
         )
+
+    def _encoded_change(self, event: StateChanged) -> bytes:
+        """Return a CHANGE response serialized once for all of its watchers."""
+        key = (event.session_id, event.version)
+        encoded = self._encoded_changes.get(key)
+        if encoded is None:
+            encoded = self._change(event).SerializeToString()
+            self._encoded_changes[key] = encoded
+            if len(self._encoded_changes) > ENCODED_CHANGES_KEPT:
+                del self._encoded_changes[next(iter(self._encoded_changes))]
+        return encoded
 
     def _change(self, event: StateChanged) -> state_pb2.WatchStateResponse:
         patch = event.merge_patch or ""
