@@ -10,6 +10,7 @@ unless ``EDITSTORE_REQUIRE_POSTGRES=1`` is set, as CI does, and then they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import uuid
@@ -33,9 +34,9 @@ def _postgres_admin_url() -> str | None:
     return url
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """Create a fresh PostgreSQL database and return its URL."""
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """Create a PostgreSQL database, yield its URL, and drop it afterwards."""
     admin_url = _postgres_admin_url()
     if admin_url is None:
         pytest.skip(f"set {POSTGRES_ENV} to run the PostgreSQL tests")
@@ -55,6 +56,13 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """Create a fresh PostgreSQL database and return its URL."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
     """Return the URL of an empty database, once per backend."""
@@ -72,6 +80,23 @@ def daemon(database_url: str, tmp_path: pathlib.Path) -> Iterator[Daemon]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """Start one daemon per backend, shared by the tests of a module."""
+    folder = tmp_path_factory.mktemp("daemon")
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{folder / 'editstore.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_database())
+        process = Daemon(url, port=free_port(), log_path=folder / "daemon.log")
+        stack.callback(process.stop)
+        process.start()
+        yield process
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ still pass its health check afterwards.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from editstore.v1 import session_pb2, session_pb2_grpc, state_pb2
-from tests.daemon import Daemon, free_port
+from tests.daemon import Daemon
 
 POSTGRES_ENV = "EDITSTORE_TEST_POSTGRES"
 ALLOWED = {
@@ -65,40 +64,6 @@ FUZZ_SETTINGS = settings(
 )
 # Broken bytes stop at the parser, so fewer examples cover them.
 PARSER_SETTINGS = settings(FUZZ_SETTINGS, max_examples=25)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Daemon]:
-    """Start one daemon per backend for the whole module."""
-    folder = tmp_path_factory.mktemp("fuzz")
-    admin = None
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'editstore.db'}"
-    else:
-        admin_url = os.environ.get(POSTGRES_ENV)
-        if not admin_url:
-            pytest.skip(f"set {POSTGRES_ENV} to run the PostgreSQL tests")
-        import psycopg2
-
-        name = f"editstore_test_{uuid.uuid4().hex[:12]}"
-        admin = psycopg2.connect(admin_url)
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        url = f"{admin_url.rpartition('/')[0]}/{name}"
-    process = Daemon(url, port=free_port(), log_path=folder / "daemon.log")
-    try:
-        process.start()
-        yield process
-    finally:
-        process.stop()
-        if admin is not None:
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.close()
 
 
 @pytest.fixture(scope="module")

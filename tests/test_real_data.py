@@ -10,9 +10,7 @@ futures, many at a time, as a busy agent would send them.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,46 +19,12 @@ import pytest
 
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc
-from tests.daemon import Daemon, free_port
+from tests.daemon import Daemon
 
 POSTGRES_ENV = "EDITSTORE_TEST_POSTGRES"
 Stub = session_pb2_grpc.SessionServiceStub
 # Requests in flight at once, as a busy agent sends them.
 WINDOW = 200
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Daemon]:
-    """Start one daemon per backend for the whole module."""
-    folder = tmp_path_factory.mktemp("real_data")
-    admin = None
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'editstore.db'}"
-    else:
-        admin_url = os.environ.get(POSTGRES_ENV)
-        if not admin_url:
-            pytest.skip(f"set {POSTGRES_ENV} to run the PostgreSQL tests")
-        import psycopg2
-
-        name = f"editstore_test_{uuid.uuid4().hex[:12]}"
-        admin = psycopg2.connect(admin_url)
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        url = f"{admin_url.rpartition('/')[0]}/{name}"
-    process = Daemon(url, port=free_port(), log_path=folder / "daemon.log")
-    try:
-        process.start()
-        yield process
-    finally:
-        process.stop()
-        if admin is not None:
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.close()
 
 
 @pytest.fixture(scope="module")
