@@ -90,7 +90,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=3,
-        help="runs of each write measurement; the median is reported",
+        help="runs of each write and watch measurement; the median rate and "
+        "the p99 of all deliveries are reported",
     )
     parser.add_argument(
         "--only",
@@ -186,6 +187,7 @@ def run_benchmarks(
             rate=arguments.watch_rate,
             seconds=arguments.seconds,
             processes=arguments.processes,
+            rounds=arguments.rounds,
         )
     if "listing" in arguments.only:
         figures += listing.bench_listing(
