@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 SQLITE_PAGE_SIZE = 4096
 SQLITE_BUSY_TIMEOUT_MS = 5000
+POSTGRES_LOCK_TIMEOUT_MS = 5000
 
 
 def is_postgres_url(url: str) -> bool:
@@ -86,7 +87,11 @@ def open_database(url: str, max_database_bytes: int = 0) -> peewee.Database:
             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         )
     elif is_postgres_url(url):
-        database = connect_url(url)
+        # A row lock held by a stuck daemon sharing the database must not
+        # stall this daemon's writer for ever.
+        database = connect_url(
+            url, options=f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}"
+        )
     else:
         raise ValueError(
             f"unsupported --database {describe(url)!r}: use sqlite:///PATH, "
@@ -143,12 +148,37 @@ def is_disk_full(error: BaseException) -> bool:
 def is_busy(error: BaseException) -> bool:
     """Return whether a database error is transient: locked, busy, or lost."""
     text = str(error).lower()
-    transient = ("database is locked", "database is busy", "could not serialize")
+    transient = (
+        "database is locked",
+        "database is busy",
+        "could not serialize",
+        "lock timeout",
+    )
     if any(fragment in text for fragment in transient):
         return True
     if isinstance(error, peewee.InterfaceError | peewee.OperationalError):
         return "connection" in text or "server closed" in text
     return False
+
+
+def reset_if_broken(database: peewee.Database) -> None:
+    """Drop this thread's connection if it is no longer usable.
+
+    After PostgreSQL ends a connection (a restart, a failover, an idle
+    timeout), Peewee keeps handing out the dead connection; dropping it makes
+    the next query of this thread connect again.
+    """
+    try:
+        if database.is_closed() or database.is_connection_usable():
+            return
+    except Exception:  # noqa: BLE001 - any failure here means unusable
+        pass
+    logger.warning("database connection lost; reconnecting on next use")
+    try:
+        database.close()
+    except Exception:  # noqa: BLE001 - the connection is already gone
+        pass
+    database._state.reset()  # type: ignore[attr-defined]
 
 
 class DatabaseInUse(Exception):
@@ -169,6 +199,8 @@ def lock_sqlite_file(url: str) -> int | None:
     if path is None or path == ":memory:":
         return None
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # Two names of one file (a symlink, a relative path) share one lock.
+    path = os.path.realpath(path)
     lock_path = f"{path}-daemon.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

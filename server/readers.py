@@ -42,7 +42,8 @@ class Readers:
                 return function(*args)
         except errors.StoreError:
             raise
-        except peewee.DatabaseError as error:
+        except (peewee.DatabaseError, peewee.InterfaceError) as error:
+            database_module.reset_if_broken(self._database)
             raise translate_database_error(error) from error
 
     def close(self) -> None:

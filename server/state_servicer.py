@@ -26,6 +26,9 @@ Context: TypeAlias = grpc.aio.ServicerContext
 # bounds the memory one stream holds.
 MAX_UPDATES_IN_FLIGHT = 1024
 ENCODED_CHANGES_KEPT = 256
+# A watch that catches up reads at most this many documents' worth of bytes
+# of versions at a time.
+CATCH_UP_DOCUMENTS = 4
 UPDATE_BYTES_IN_FLIGHT_FACTOR = 4
 _Pending = tuple[int, "asyncio.Future[Any]", int]
 
@@ -326,9 +329,19 @@ class StateServicer:
     async def _catch_up(
         self, session_id: str, after: int, current: StateChanged | None
     ) -> AsyncIterator[state_pb2.WatchStateResponse]:
-        """Send the kept versions after ``after``, or HISTORY_LOST and a snapshot."""
+        """Send the kept versions after ``after``, or HISTORY_LOST and a snapshot.
+
+        Versions are read a page at a time, each page at most a few documents'
+        worth of bytes, so a watcher far behind does not load its whole
+        history into memory at once.
+        """
+        page_bytes = CATCH_UP_DOCUMENTS * self._limits.max_document_bytes
         versions, oldest = await self._readers.run(
-            states.list_versions, session_id, after, states.MAX_VERSIONS_PAGE
+            states.list_versions,
+            session_id,
+            after,
+            states.MAX_VERSIONS_PAGE,
+            page_bytes,
         )
         if (
             versions
@@ -345,10 +358,12 @@ class StateServicer:
             for version in versions:
                 yield self._change(version)
             after = versions[-1].version
-            if len(versions) < states.MAX_VERSIONS_PAGE:
-                return
             versions, _ = await self._readers.run(
-                states.list_versions, session_id, after, states.MAX_VERSIONS_PAGE
+                states.list_versions,
+                session_id,
+                after,
+                states.MAX_VERSIONS_PAGE,
+                page_bytes,
             )
 
     @staticmethod

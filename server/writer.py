@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import peewee
 
 from editstore.server import errors
-from editstore.server.database import is_busy, is_disk_full
+from editstore.server.database import is_busy, is_disk_full, reset_if_broken
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ class _Request:
         self.future = future
 
 
-def translate_database_error(error: peewee.DatabaseError) -> errors.StoreError:
+def translate_database_error(
+    error: peewee.DatabaseError | peewee.InterfaceError,
+) -> errors.StoreError:
     """Map a database error to the store error a client can act on."""
     if isinstance(error, peewee.IntegrityError):
         text = str(error).lower()
@@ -62,6 +64,8 @@ def translate_database_error(error: peewee.DatabaseError) -> errors.StoreError:
         if "unique" in text or "duplicate" in text:
             return errors.AlreadyExists(f"a unique value is already used: {error}")
         return errors.InvalidArgument(f"a value breaks a constraint: {error}")
+    if isinstance(error, peewee.InterfaceError):
+        return errors.Unavailable(f"the database connection was lost, retry: {error}")
     if is_disk_full(error):
         return errors.ResourceExhausted(
             "the database is full: its disk or its quota (--max-database-bytes) "
@@ -164,17 +168,28 @@ class Writer:
                     request for request in batch if not request.future.cancelled()
                 ]
                 if late:
+                    logger.warning("dropped %d queued writes at shutdown", len(waiting))
                     self._fail(waiting, errors.Unavailable("the daemon stopped first"))
                 elif waiting:
-                    self._run_batch(waiting)
+                    self._run_guarded(waiting)
         finally:
             if not self._database.is_closed():
                 self._database.close()
 
+    def _run_guarded(self, batch: list[_Request]) -> None:
+        """Run a batch; an unexpected error fails it but never ends the thread."""
+        try:
+            self._run_batch(batch)
+        except Exception:
+            logger.exception("batch of %d writes failed unexpectedly", len(batch))
+            reset_if_broken(self._database)
+            self._fail(batch, errors.Unavailable("the write failed; retry"))
+
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
             outcomes, events = self._commit(batch)
-        except peewee.DatabaseError as error:
+        except (peewee.DatabaseError, peewee.InterfaceError) as error:
+            reset_if_broken(self._database)
             if len(batch) > 1:
                 # The transaction failed as a whole (a full disk, a lost
                 # connection): retry each write alone so that only the
@@ -235,7 +250,6 @@ class Writer:
 
     def _fail(self, batch: list[_Request], error: errors.StoreError) -> None:
         if batch:
-            logger.warning("dropped %d queued writes at shutdown", len(batch))
             self._deliver(batch, [(False, error)] * len(batch))
 
     def _deliver(self, batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:

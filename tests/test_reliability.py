@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
+from tests.conftest import POSTGRES_ENV
 from tests.daemon import Daemon, free_port
 
 
@@ -614,3 +616,64 @@ def test_sigterm_with_busy_update_streams_stops_in_grace(
         )
         assert reply.version >= version
     channel.close()
+
+
+def terminate_connections(database_url: str) -> int:
+    """End every PostgreSQL connection to the database, as a restart would."""
+    import psycopg2
+
+    name = database_url.rpartition("/")[2]
+    admin = psycopg2.connect(os.environ[POSTGRES_ENV])
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            return int(cursor.fetchone()[0])
+    finally:
+        admin.close()
+
+
+@pytest.mark.timeout(120)
+def test_lost_postgres_connections_reconnect(
+    postgres_url: str, tmp_path: pathlib.Path
+) -> None:
+    daemon = Daemon(postgres_url, free_port(), tmp_path / "daemon.log")
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    session_id = new_session(sessions)
+    states.PatchState(
+        state_pb2.PatchStateRequest(session_id=session_id, merge_patch_json='{"a": 1}'),
+        timeout=10,
+    )
+
+    assert terminate_connections(postgres_url) >= 1
+    codes = []
+    for number in range(10):
+        request = state_pb2.PatchStateRequest(
+            session_id=session_id, merge_patch_json=json.dumps({f"k{number}": number})
+        )
+        try:
+            states.PatchState(request, timeout=10)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+        try:
+            sessions.GetSession(pb.GetSessionRequest(id=session_id), timeout=10)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    assert (
+        codes[-4:] == [grpc.StatusCode.OK] * 4 or codes.count(grpc.StatusCode.OK) >= 8
+    )
+    reply = states.GetState(
+        state_pb2.GetStateRequest(session_id=session_id), timeout=10
+    )
+    assert reply.version >= 2
+    assert new_session(sessions)
+    channel.close()
+    daemon.stop()
