@@ -37,6 +37,7 @@ from editstore.v1 import session_pb2, state_pb2
 logger = logging.getLogger(__name__)
 
 WRITER_STOP_SECONDS = 1.0
+PRUNE_INTERVAL_SECONDS = 3600.0
 SERVICE_NAMES = (
     session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name,
@@ -92,6 +93,7 @@ class Daemon:
         self._health = HealthServicer()
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
+        self._prune_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the database, check its schema and start serving.
@@ -117,7 +119,7 @@ class Daemon:
 
         self._writer = Writer(database, on_commit)
         self._writer.start()
-        self._writer.submit(requests.prune(settings.request_id_retention_hours))
+        self._prune_task = asyncio.create_task(self._prune_request_ids())
         self._readers = Readers(database, settings.reader_threads)
         if isinstance(database, peewee.PostgresqlDatabase):
             self._start_listener(database, loop)
@@ -209,6 +211,19 @@ class Daemon:
         self._listener = pgnotify.Listener(connect, on_payload)
         self._listener.start()
 
+    async def _prune_request_ids(self) -> None:
+        """Forget expired request ids at start and then every hour."""
+        assert self._writer is not None
+        retention = self.settings.request_id_retention_hours
+        while True:
+            try:
+                removed = await self._writer.run(requests.prune(retention))
+                if removed:
+                    logger.info("forgot %d expired request ids", removed)
+            except Exception as error:
+                logger.warning("pruning request ids failed: %s", error)
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
     async def wait(self) -> None:
         """Wait until the daemon has stopped."""
         await self._stopped.wait()
@@ -219,6 +234,8 @@ class Daemon:
             return
         logger.info("stopping: %d watches open", self._hub.watcher_count)
         await self._health.enter_graceful_shutdown()
+        if self._prune_task is not None:
+            self._prune_task.cancel()
         self._hub.close()
         if self._server is not None:
             await self._server.stop(self.settings.grace_seconds)

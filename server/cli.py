@@ -37,6 +37,8 @@ def _settings(args: argparse.Namespace) -> config.Settings | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import peewee
+
     from editstore.server import app, database, migrate
 
     settings = _settings(args)
@@ -50,6 +52,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 3
     except (RuntimeError, ValueError, OSError, database.DatabaseInUse) as error:
         logger.error("editstore failed to start: %s", error)
+        return 1
+    except peewee.DatabaseError as error:
+        logger.error(
+            "editstore failed to start: the database %s can not be used: %s",
+            database.describe(settings.database),
+            error,
+        )
         return 1
     return 0
 
