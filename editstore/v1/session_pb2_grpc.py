@@ -137,8 +137,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Lists sessions, newest first, optionally filtered by status and by
-        creation time. A page ends early rather than pass the message size
+        """Lists sessions, newest first (sessions stored without a creation time
+        come last), optionally filtered by status and by creation time. A page ends early rather than pass the message size
         limit. Errors: INVALID_ARGUMENT for a bad page token or a page size out
         of range.
         """

@@ -122,7 +122,10 @@ class StateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListStateVersions(self, request, context):
-        """Returns kept versions of a document, oldest first. Errors: NOT_FOUND.
+        """Returns kept versions of a document, oldest first. A page holds fewer
+        than page_size versions when their documents would pass the message
+        size limit: ask again with after_version set to the last version
+        returned until a page is empty. Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
