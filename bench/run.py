@@ -84,7 +84,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--rounds 1)",
     )
     parser.add_argument(
-        "--seconds", type=float, default=5.0, help="length of each measured run"
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="length of each measured run, in seconds",
     )
     parser.add_argument(
         "--rounds",
@@ -108,11 +111,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--processes", type=int, default=2, help="client processes per load"
     )
-    parser.add_argument("--callers", type=int, default=64, help="callers or streams")
+    parser.add_argument(
+        "--callers", type=int, default=64, help="unary callers, or update streams"
+    )
     parser.add_argument(
         "--window", type=int, default=16, help="updates in flight on each stream"
     )
-    parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument(
+        "--watchers", type=int, default=100, help="WatchState streams of one session"
+    )
     parser.add_argument(
         "--watch-rate", type=float, default=40.0, help="changes a second to watch"
     )
