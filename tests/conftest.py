@@ -82,20 +82,33 @@ def daemon(database_url: str, tmp_path: pathlib.Path) -> Iterator[Daemon]:
         process.stop()
 
 
+@contextlib.contextmanager
+def module_daemon(
+    backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    extra_args: list[str] | None = None,
+) -> Iterator[Daemon]:
+    """Start a daemon on a fresh database of ``backend`` for a whole module."""
+    folder = tmp_path_factory.mktemp(backend)
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{folder / 'editstore.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_database())
+        process = Daemon(
+            url, port=free_port(), log_path=folder / "daemon.log", extra_args=extra_args
+        )
+        stack.callback(process.stop)
+        process.start()
+        yield process
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
     """Start one daemon per backend, shared by the tests of a module."""
-    folder = tmp_path_factory.mktemp("daemon")
-    with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{folder / 'editstore.db'}"
-        else:
-            url = stack.enter_context(fresh_postgres_database())
-        process = Daemon(url, port=free_port(), log_path=folder / "daemon.log")
-        stack.callback(process.stop)
-        process.start()
+    with module_daemon(request.param, tmp_path_factory) as process:
         yield process
 
 

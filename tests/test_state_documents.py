@@ -8,7 +8,6 @@ exact form matters.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pathlib
 import threading
@@ -20,7 +19,7 @@ import grpc
 import pytest
 
 from editstore.v1 import session_pb2, session_pb2_grpc, state_pb2, state_pb2_grpc
-from tests.conftest import POSTGRES_ENV, _postgres_admin_url
+from tests.conftest import module_daemon
 from tests.daemon import Daemon, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,25 +67,6 @@ class Client:
         return self.states.PatchState(request, timeout=30)
 
 
-@contextlib.contextmanager
-def module_daemon(
-    backend: str, tmp_path_factory: pytest.TempPathFactory, extra_args: list[str]
-) -> Iterator[Daemon]:
-    folder = tmp_path_factory.mktemp(backend)
-    with database_for(backend, folder) as url:
-        process = Daemon(
-            url,
-            port=free_port(),
-            log_path=folder / "daemon.log",
-            extra_args=extra_args,
-        )
-        process.start()
-        try:
-            yield process
-        finally:
-            process.stop()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def shared_daemon(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -108,30 +88,6 @@ def small_limit_daemon(
     extra_args = ["--max-document-bytes", "4096"]
     with module_daemon(request.param, tmp_path_factory, extra_args) as process:
         yield process
-
-
-@contextlib.contextmanager
-def database_for(backend: str, folder: pathlib.Path) -> Iterator[str]:
-    """Create an empty database of ``backend`` and drop it afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{folder / 'editstore.db'}"
-        return
-    admin_url = _postgres_admin_url()
-    if admin_url is None:
-        pytest.skip(f"set {POSTGRES_ENV} to run the PostgreSQL tests")
-    import psycopg2
-
-    name = f"editstore_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(admin_url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        yield f"{admin_url.rpartition('/')[0]}/{name}"
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 @pytest.fixture

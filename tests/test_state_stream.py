@@ -18,8 +18,9 @@ import grpc
 import pytest
 
 from editstore.v1 import state_pb2, state_pb2_grpc
+from tests.conftest import module_daemon
 from tests.daemon import Daemon
-from tests.test_state_documents import Client, module_daemon, parsed
+from tests.test_state_documents import Client, parsed
 
 pytestmark = pytest.mark.timeout(90)
 

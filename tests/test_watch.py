@@ -22,8 +22,9 @@ import grpc
 import pytest
 
 from editstore.v1 import session_pb2, state_pb2, state_pb2_grpc
+from tests.conftest import module_daemon
 from tests.daemon import Daemon, free_port
-from tests.test_state_documents import Client, module_daemon, parsed, rpc_error
+from tests.test_state_documents import Client, parsed, rpc_error
 
 pytestmark = pytest.mark.timeout(90)
 
