@@ -242,6 +242,11 @@ class Daemon:
         if self._listener is not None:
             self._listener.stop()
         if self._writer is not None:
+            logger.info(
+                "writer committed %d writes in %d transactions",
+                self._writer.writes,
+                self._writer.batches,
+            )
             # The grace period is spent; what is still queued has no caller
             # that will wait for it, so it gets little time.
             await asyncio.get_running_loop().run_in_executor(

@@ -99,6 +99,8 @@ class Writer:
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._queue: list[_Request] = []
+        # Requests of the event loop's current pass, not yet handed over.
+        self._handover: list[_Request] = []
         self._condition = threading.Condition()
         self._stopping = False
         self._deadline: float | None = None
@@ -131,11 +133,33 @@ class Writer:
         return await self.enqueue(operation)
 
     def enqueue(self, operation: Operation[T]) -> asyncio.Future[T]:
-        """Queue an operation from the event loop without waiting for it."""
+        """Queue an operation from the event loop without waiting for it.
+
+        Requests made during one pass of the event loop are handed to the
+        writer together when the pass ends, so that they share a batch and a
+        commit; handing each over at once would wake the writer for the first
+        and leave the rest for later, smaller batches.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._enqueue(_Request(operation, loop, future))
+        if self._stopping:
+            raise errors.Unavailable("the daemon is stopping; retry on another")
+        if not self._handover:
+            loop.call_soon(self._hand_over)
+        self._handover.append(_Request(operation, loop, future))
         return future
+
+    def _hand_over(self) -> None:
+        requests, self._handover = self._handover, []
+        with self._condition:
+            if self._stopping:
+                error = errors.Unavailable("the daemon is stopping; retry on another")
+                self._fail(requests, error)
+                return
+            was_empty = not self._queue
+            self._queue.extend(requests)
+            if was_empty:
+                self._condition.notify()
 
     def submit(self, operation: Operation[T]) -> concurrent.futures.Future[T]:
         """Queue an operation from any thread; the future resolves after commit."""
