@@ -1,4 +1,4 @@
-"""Generate the Python code of the .proto files into editstore/v1.
+"""Generate the Python code of the .proto files into src/editstore/v1.
 
 Run after changing anything in protos/:
 
@@ -42,7 +42,7 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def main() -> int:
-    target = ROOT / PACKAGE
+    target = ROOT / "src" / PACKAGE
     with tempfile.TemporaryDirectory() as tmp:
         for path in generate(pathlib.Path(tmp)):
             (target / path.name).write_bytes(path.read_bytes())

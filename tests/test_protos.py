@@ -1,6 +1,6 @@
 """The contract: the .proto files lint clean, are documented, and match the code.
 
-The generated Python code in ``editstore/v1`` is committed. These tests fail
+The generated Python code in ``src/editstore/v1`` is committed. These tests fail
 when it drifts from what ``scripts/generate_protos.py`` makes of the protos
 now, so a change to a .proto file must come with regenerated code.
 """
@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO / "protos"
-GENERATED = REPO / "editstore" / "v1"
+GENERATED = REPO / "src" / "editstore" / "v1"
 BUF = pathlib.Path(sys.executable).parent / "buf"
 
 # Field numbers of descriptor.proto, which make up SourceCodeInfo paths.
@@ -61,7 +61,8 @@ def test_generated_code_matches_protos(tmp_path: pathlib.Path) -> None:
     for path in generated:
         fresh = path.read_bytes()
         assert (GENERATED / path.name).read_bytes() == fresh, (
-            f"editstore/v1/{path.name} is stale: run python scripts/generate_protos.py"
+            f"src/editstore/v1/{path.name} is stale: "
+            "run python scripts/generate_protos.py"
         )
 
 
