@@ -128,6 +128,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace the file at ``path`` with ``data``, atomically and durably."""
     target = pathlib.Path(path)
     folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp", dir=folder
     )

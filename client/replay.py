@@ -6,7 +6,7 @@ and stores its entities, prompts, validation and feedback. Then the replay
 reads everything back and prints, for each kind of record, how many it sent,
 how many are stored and how many of those are equal to what was sent::
 
-    editstore replay --start-daemon --database sqlite:///tmp/replay.db \\
+    editstore replay --start-daemon --database sqlite:////tmp/replay.db \\
         --instructpix2pix data/instructpix2pix-human-edits.jsonl \\
         --gier data/gier-test-requests.json --coco data/coco-39769 \\
         --limit 20 --restart-daemon-every 7
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--database",
-        help="database URL of the started daemon, e.g. sqlite:///tmp/replay.db "
+        help="database URL of the started daemon, e.g. sqlite:////tmp/replay.db "
         "(default: a SQLite file in a temporary folder)",
     )
     target.add_argument(

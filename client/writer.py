@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from editstore.client import _calls, jsondoc
-from editstore.client.errors import EditstoreError
+from editstore.client.errors import Cancelled, EditstoreError
 from editstore.client.journal import Journal, JournalPatch
 from editstore.client.models import StateDocument
 from editstore.client.settings import RetryPolicy
@@ -526,6 +526,13 @@ class StateWriter:
                 )
             except EditstoreError as caught:
                 error = caught
+            except ValueError as caught:
+                # grpc raises ValueError on a closed channel: no retry can
+                # succeed, so the updates fail and flush() raises.
+                error = Cancelled(
+                    f"the client was closed before the state writer could send: "
+                    f"{caught}; close the StateWriter before its Client"
+                )
             finally:
                 self._lock.acquire()
             if error is not None and error.code.name in _TRANSIENT_CODES:
