@@ -138,9 +138,9 @@ class SessionServiceServicer:
 
     def ListSessions(self, request, context):
         """Lists sessions, newest first (sessions stored without a creation time
-        come last), optionally filtered by status and by creation time. A page ends early rather than pass the message size
-        limit. Errors: INVALID_ARGUMENT for a bad page token or a page size out
-        of range.
+        come last), optionally filtered by status and by creation time. A page
+        ends early rather than pass the message size limit. Errors:
+        INVALID_ARGUMENT for a bad page token or a page size out of range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

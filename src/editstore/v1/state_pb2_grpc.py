@@ -40,6 +40,7 @@ class StateServiceStub:
     RESOURCE_EXHAUSTED  the document is over the size limit, the database
     over its quota or the disk full; or too many streams.
     UNAVAILABLE         the daemon is stopping; a retry may succeed.
+    UNAUTHENTICATED     a bearer token is required and was missing or wrong.
     """
 
     def __init__(self, channel):
@@ -94,6 +95,7 @@ class StateServiceServicer:
     RESOURCE_EXHAUSTED  the document is over the size limit, the database
     over its quota or the disk full; or too many streams.
     UNAVAILABLE         the daemon is stopping; a retry may succeed.
+    UNAUTHENTICATED     a bearer token is required and was missing or wrong.
     """
 
     def GetState(self, request, context):
@@ -215,6 +217,7 @@ class StateService:
     RESOURCE_EXHAUSTED  the document is over the size limit, the database
     over its quota or the disk full; or too many streams.
     UNAVAILABLE         the daemon is stopping; a retry may succeed.
+    UNAUTHENTICATED     a bearer token is required and was missing or wrong.
     """
 
     @staticmethod
