@@ -176,10 +176,13 @@ class Daemon:
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = settings.listen.rpartition(":")[0]
         logger.info(
-            "editstore serving on %s (%s), database %s, schema version %d",
-            settings.listen,
-            "TLS" if credentials else "plaintext",
+            "editstore serving on %s:%d (%s), database %s, schema version %d",
+            host,
+            self.port,
+            ("TLS" if credentials else "plaintext")
+            + (", bearer tokens required" if settings.auth_tokens else ""),
             database_module.describe(settings.database),
             schema.version,
         )

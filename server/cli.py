@@ -147,9 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="check that a daemon is serving",
         description="Exit 0 when the daemon's health check says SERVING.",
     )
-    health.add_argument("--address", default=config.DEFAULT_LISTEN, help="host:port")
-    health.add_argument("--service", default="", help="service name; empty: the daemon")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    health.add_argument(
+        "--address",
+        default=config.DEFAULT_LISTEN,
+        help=f"host:port of the daemon (default {config.DEFAULT_LISTEN})",
+    )
+    health.add_argument(
+        "--service", default="", help="service name (default: the whole daemon)"
+    )
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait (default 5)"
+    )
     health.set_defaults(handler=_health)
 
     replay = commands.add_parser(

@@ -51,7 +51,8 @@ _HELP = {
     "listen": "host:port to listen on",
     "database": "sqlite:///PATH, a plain file path, or postgresql://USER@HOST/DB",
     "migrate": "apply pending migrations before serving",
-    "max_document_bytes": "largest state document in bytes, as compact JSON",
+    "max_document_bytes": "largest state document in bytes, as compact JSON "
+    "(at least 1024)",
     "state_history": "how many versions of each state document to keep",
     "heartbeat_seconds": "seconds between heartbeats on an idle watch",
     "max_streams": "most streams (watches and update streams) open at once",
@@ -61,9 +62,10 @@ _HELP = {
     "max_database_bytes": "quota of the SQLite database file in bytes; 0: none",
     "request_id_retention_hours": "hours a request id is remembered for retries",
     "auth_tokens": "comma-separated bearer tokens; empty: no authentication",
-    "tls_cert": "PEM certificate chain of the server; enables TLS",
-    "tls_key": "PEM private key of the server",
-    "tls_client_ca": "PEM CA bundle; clients must present a certificate from it",
+    "tls_cert": "path of the server's PEM certificate chain; enables TLS",
+    "tls_key": "path of the server's PEM private key",
+    "tls_client_ca": "path of a PEM CA bundle; clients must then present a "
+    "certificate it signed",
     "log_level": "debug, info, warning or error",
 }
 
@@ -98,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(Settings):
         flag = "--" + field.name.replace("_", "-")
         env = ENV_PREFIX + field.name.upper()
-        help_text = f"{_HELP[field.name]} (env {env}; default {field.default!r})"
+        default = field.default
+        shown = ",".join(default) if isinstance(default, tuple) else repr(default)
+        help_text = f"{_HELP[field.name]} (env {env}; default {shown or 'none'})"
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
@@ -154,6 +158,12 @@ def validate(settings: Settings) -> None:
         if not ok:
             value = getattr(settings, name)
             raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"--listen must be HOST:PORT with a port from 0 to 65535, such as "
+            f"{DEFAULT_LISTEN}, got {settings.listen!r}"
+        )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
     if settings.tls_client_ca and not settings.tls_cert:
