@@ -165,7 +165,7 @@ def reset_if_broken(database: peewee.Database) -> None:
     """Drop this thread's connection if it is no longer usable.
 
     After PostgreSQL ends a connection (a restart, a failover, an idle
-    timeout), Peewee keeps handing out the dead connection; dropping it makes
+    timeout), Peewee keeps handing out the dead connection. Dropping it makes
     the next query of this thread connect again.
     """
     try:

@@ -2,10 +2,10 @@
 
 SQLite allows one writer at a time and each commit costs a disk flush, so
 every write of the process goes through ``Writer``. Its thread takes all
-requests that are waiting, runs them in one transaction (each inside its own
-savepoint, so that one bad request fails alone), commits once, and only then
-answers the callers: group commit. A caller's result is never seen before its
-write is durable.
+requests that are waiting and runs them in one transaction, each inside its
+own savepoint so that one bad request fails alone. It commits once, and only
+then returns each caller's result: group commit. A caller never sees its
+result before its write is durable.
 
 An operation is a function ``operation(events) -> result`` run on the writer
 thread inside the transaction. It may append events to ``events``; they reach
@@ -137,7 +137,7 @@ class Writer:
 
         Requests made during one pass of the event loop are handed to the
         writer together when the pass ends, so that they share a batch and a
-        commit; handing each over at once would wake the writer for the first
+        commit. Handing each over at once would wake the writer for the first
         and leave the rest for later, smaller batches.
         """
         loop = asyncio.get_running_loop()
@@ -295,4 +295,6 @@ class Writer:
             try:
                 loop.call_soon_threadsafe(_resolve, items)
             except RuntimeError:
-                logger.warning("event loop closed; %d callers not answered", len(items))
+                logger.warning(
+                    "event loop closed; %d callers got no response", len(items)
+                )
