@@ -43,7 +43,7 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
         if stream_style == "generator":
             self.StreamStateUpdates = self._stream_generator  # type: ignore[method-assign]
         else:
-            self.StreamStateUpdates = self._stream_tasks  # type: ignore[method-assign]
+            self.StreamStateUpdates = self._stream_tasks  # type: ignore[method-assign, assignment]
         self._versions: collections.Counter[str] = collections.Counter()
         self._watchers: dict[str, set[asyncio.Queue[state_pb2.WatchStateResponse]]]
         self._watchers = collections.defaultdict(set)
