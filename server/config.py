@@ -157,7 +157,9 @@ def validate(settings: Settings) -> None:
     for name, ok, rule in checks:
         if not ok:
             value = getattr(settings, name)
-            raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+            flag = "--" + name.replace("_", "-")
+            env = ENV_PREFIX + name.upper()
+            raise ValueError(f"{flag} ({env}) must be {rule}, got {value}")
     host, _, port = settings.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(
