@@ -3,7 +3,7 @@
 The schema version of a database is the number of the last migration applied.
 ``editstore migrate`` applies the pending ones; ``editstore serve`` calls
 ``ensure_current``, which stops a daemon from serving a database that is
-behind the code (unless told to migrate) or ahead of it.
+behind the code (unless started with ``--migrate``) or ahead of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ HISTORY_TABLE = "schema_migration"
 
 
 class SchemaError(Exception):
-    """The database's schema does not match the code; the message says why."""
+    """The database's schema does not match the code; the message explains why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ def ensure_current(database: peewee.Database, migrate: bool) -> SchemaStatus:
 
     Raises:
         SchemaError: the database is ahead of the code, or behind it and
-            ``migrate`` is false. The message says what to do.
+            ``migrate`` is false. The message explains what to do.
     """
     current = status(database)
     if current.unknown:

@@ -578,7 +578,7 @@ def list_children(
 ) -> list[Row]:
     """Return up to ``page_size`` + 1 records of a session, in order.
 
-    The extra row tells the caller that another page follows.
+    The extra row shows the caller that another page follows.
     """
     _check_child_session(session_id)
     if page_size < 0 or page_size > MAX_CHILD_PAGE_SIZE:

@@ -11,10 +11,10 @@ An operation is a function ``operation(events) -> result`` run on the writer
 thread inside the transaction. It may append events to ``events``; they reach
 ``on_commit`` after the commit, and are dropped if the operation fails.
 
-Callers on an asyncio loop ``await writer.run(operation)``; the writer wakes
+Callers on an asyncio loop ``await writer.run(operation)``. The writer wakes
 all callers of one loop with a single ``call_soon_threadsafe`` per batch,
-because thread hand-offs, not the disk, are what cost the most here. Callers
-on other threads use ``writer.submit(operation).result()``.
+because each hand-off between threads costs CPU time. Callers on other
+threads use ``writer.submit(operation).result()``.
 """
 
 from __future__ import annotations
