@@ -39,7 +39,7 @@ __all__ = [
 
 
 class SessionStatus(enum.StrEnum):
-    """Where a session is in its life; it never leaves an end status."""
+    """The stage of a session's life. A session never leaves an end status."""
 
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
@@ -55,7 +55,7 @@ class FeedbackType(enum.StrEnum):
 
 
 class WatchEventType(enum.StrEnum):
-    """What a `WatchEvent` carries."""
+    """The kind of a `WatchEvent`."""
 
     SNAPSHOT = "snapshot"
     """The whole document at a version; changes after it follow."""
@@ -81,7 +81,7 @@ class Session(_Model):
     create_time: datetime.datetime | None = None
     """When the session was created, in UTC."""
     image_path: str
-    """Where the photo is, as the agent names it."""
+    """The path of the photo, as the agent names it."""
     naive_prompt: str
     """The instruction as the person wrote it."""
     status: SessionStatus | None = None
@@ -187,7 +187,7 @@ class StateDocument(_Model):
 
 
 class StateVersions(_Model):
-    """The answer of ``list_state_versions``."""
+    """The result of ``list_state_versions``."""
 
     versions: list[StateDocument]
     """The kept versions asked for, oldest first."""

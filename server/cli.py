@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser(
         "health",
         help="check that a daemon is serving",
-        description="Exit 0 when the daemon's health check says SERVING.",
+        description="Exit 0 when the daemon's health check returns SERVING.",
     )
     health.add_argument(
         "--address",

@@ -212,11 +212,3 @@ def lock_sqlite_file(url: str) -> int | None:
             "stop it, or use PostgreSQL to run several daemons on one database"
         ) from None
     return fd
-
-
-def file_size(url: str) -> int | None:
-    """Return the size in bytes of a SQLite database file, or None."""
-    path = sqlite_path(url)
-    if path is None or not os.path.exists(path):
-        return None
-    return os.path.getsize(path)

@@ -1,6 +1,6 @@
 """Method handlers that turn every failure a client causes into its status code.
 
-grpcio answers a request it can not parse (bad wire format, invalid UTF-8 in a
+grpcio rejects a request it cannot parse (bad wire format, invalid UTF-8 in a
 string field) with INTERNAL, and an exception that escapes a handler with
 UNKNOWN. The handlers built here take the request as bytes and parse it
 themselves, so such a request gets INVALID_ARGUMENT, and map each storage

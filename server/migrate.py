@@ -27,7 +27,7 @@ class SchemaError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class SchemaStatus:
-    """What is applied and what is pending in one database."""
+    """The applied and the pending migrations of one database."""
 
     applied: tuple[str, ...]
     pending: tuple[str, ...]

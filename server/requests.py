@@ -2,7 +2,7 @@
 
 A write that carries a request id stores its result next to the id in the same
 transaction. When the same id arrives again, the stored result is returned and
-nothing is written, so the client gets the same answer both times. The id is
+nothing is written, so the client gets the same response both times. The id is
 remembered for ``--request-id-retention-hours``.
 """
 
@@ -110,7 +110,7 @@ def once(
 
 
 def prune(retention_hours: float) -> Callable[[list[Any]], int]:
-    """Return a write operation that forgets request ids older than retention."""
+    """Return a write operation that deletes request ids older than retention."""
 
     def run(events: list[Any]) -> int:
         cutoff = utc_now() - datetime.timedelta(hours=retention_hours)

@@ -336,7 +336,7 @@ class StateServicer:
         history into memory at once.
         """
         page_bytes = CATCH_UP_DOCUMENTS * self._limits.max_document_bytes
-        versions, oldest = await self._readers.run(
+        versions, _ = await self._readers.run(
             states.list_versions,
             session_id,
             after,
