@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 from editstore.server.errors import InvalidArgument, ResourceExhausted
 
@@ -113,6 +113,35 @@ def dump(document: dict[str, Any], field: str = "document_json") -> str:
             "which is not valid Unicode"
         ) from None
     return text
+
+
+Fragments: TypeAlias = dict[str, tuple[Any, str]]
+"""Each top-level member of a document: its value and that value's JSON text."""
+
+
+def dump_reusing(
+    document: dict[str, Any], previous: Fragments | None
+) -> tuple[str, Fragments]:
+    """Serialize a document as ``dump`` does, reusing the text of unchanged members.
+
+    ``previous`` holds the members of an earlier document and their text. A
+    merge patch builds new values only where it changes something and keeps
+    the other values as the same objects, so a member whose value is the
+    very object serialized before keeps its text. Holding the value in
+    ``previous`` keeps it alive, so no other object can take its identity.
+    Returns the text and the members of ``document`` for the next call.
+    """
+    fragments: Fragments = {}
+    parts = []
+    for key, value in document.items():
+        known = previous.get(key) if previous is not None else None
+        if known is not None and known[0] is value:
+            part = known[1]
+        else:
+            part = dump({key: value})[1:-1]
+        fragments[key] = (value, part)
+        parts.append(part)
+    return "{" + ",".join(parts) + "}", fragments
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

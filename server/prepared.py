@@ -28,13 +28,23 @@ class PreparedQuery:
         self._database: peewee.Database | None = None
         self._sql = ""
 
-    def execute(self, params: Sequence[Any]) -> Any:
-        """Run the query and return the cursor."""
+    def _prepare(self) -> peewee.Database:
         database = database_proxy.obj
         if database is not self._database:
             self._sql, _ = self._build().sql()
             self._database = database
+        return database
+
+    def execute(self, params: Sequence[Any]) -> Any:
+        """Run the query and return the cursor."""
+        database = self._prepare()
         return database.execute_sql(self._sql, list(params))
+
+    def execute_many(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Run the query once for each row of parameters, in one driver call."""
+        database = self._prepare()
+        with peewee.__exception_wrapper__:
+            database.cursor().executemany(self._sql, rows)
 
     def first(self, params: Sequence[Any]) -> tuple[Any, ...] | None:
         """Run the query and return its first row."""

@@ -19,7 +19,7 @@ from typing import Any
 import peewee
 
 from editstore.server import documents, requests, validation
-from editstore.server.errors import Conflict, InvalidArgument, NotFound
+from editstore.server.errors import Conflict, InvalidArgument, NotFound, StoreError
 from editstore.server.events import StateChanged
 from editstore.server.models import Session, SessionState, StateVersion, utc_now
 from editstore.server.pgnotify import notify
@@ -122,14 +122,10 @@ def put_state(
     documents.check_state_fields(document, session_id)
     text = documents.dump(document)
     documents.check_size(text, limits.max_document_bytes)
-
-    def operation(events: list[Any]) -> dict[str, Any]:
-        return _write(
-            session_id, expected_version, lambda current: text, None, limits, events
-        )
-
+    change = StateChange(session_id, expected_version, limits, document=document)
+    change.text = text
     payload = {"session_id": session_id, "document": text, "expected": expected_version}
-    return requests.once("PutState", request_id, payload, operation)
+    return requests.once("PutState", request_id, payload, change)
 
 
 def patch_state(
@@ -145,24 +141,176 @@ def patch_state(
     _check_expected("expected_version", expected_version)
     patch = documents.parse_object(merge_patch_json, "merge_patch_json")
     patch_text = documents.dump(patch, "merge_patch_json")
-
-    def apply(current: str) -> str:
-        document = documents.merge_patch(_PARSED.parse(session_id, current), patch)
-        documents.check_state_fields(document, session_id)
-        text = documents.dump(document)
-        documents.check_size(text, limits.max_document_bytes)
-        _PARSED.remember(session_id, text, document)
-        return text
-
-    def operation(events: list[Any]) -> dict[str, Any]:
-        return _write(session_id, expected_version, apply, patch_text, limits, events)
-
+    change = StateChange(session_id, expected_version, limits, patch=patch)
+    change.patch_text = patch_text
     payload = {
         "session_id": session_id,
         "patch": patch_text,
         "expected": expected_version,
     }
-    return requests.once("PatchState", request_id, payload, operation)
+    return requests.once("PatchState", request_id, payload, change)
+
+
+class StateChange:
+    """One put or merge patch of a session's document, as a write operation.
+
+    The writer runs the changes of one batch together (``run_together``):
+    each session's stored document is read once, every change is applied to
+    it in memory in order, and the results are written with one statement
+    per session plus one row per version. A change that fails (a conflict,
+    a document over the limit) is skipped before anything is written, so it
+    leaves no trace and needs no savepoint.
+    """
+
+    __slots__ = ("session_id", "expected_version", "limits", "document", "patch")
+    __slots__ += ("text", "patch_text")
+
+    def __init__(
+        self,
+        session_id: str,
+        expected_version: int | None,
+        limits: StateLimits,
+        *,
+        document: dict[str, Any] | None = None,
+        patch: dict[str, Any] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.expected_version = expected_version
+        self.limits = limits
+        self.document = document
+        """The new document of a put; None for a patch."""
+        self.patch = patch
+        self.text = ""
+        self.patch_text: str | None = None
+
+    def __call__(self, events: list[Any]) -> dict[str, Any]:
+        ((ok, value),) = run_together([self], events)
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    @staticmethod
+    def run_together(
+        changes: list[StateChange], events: list[Any]
+    ) -> list[tuple[bool, Any]]:
+        """Apply changes in order; see ``run_together`` of this module."""
+        return run_together(changes, events)
+
+
+class _Session:
+    """A session's document as the changes of one batch leave it."""
+
+    __slots__ = ("version", "text", "document", "fragments", "stored")
+
+    def __init__(self, version: int, text: str, stored: bool) -> None:
+        self.version = version
+        self.text = text
+        self.document: dict[str, Any] | None = None
+        self.fragments: documents.Fragments | None = None
+        self.stored = stored
+        """Whether session_states has a row for the session."""
+
+
+def _load(session_id: str) -> _Session | None:
+    if _LOCK_SESSION.first([session_id]) is None:
+        return None
+    state = _CURRENT_STATE.first([session_id])
+    if state is None:
+        return _Session(0, "{}", stored=False)
+    return _Session(int(state[0]), state[1], stored=True)
+
+
+def _apply(change: StateChange, session: _Session) -> tuple[str, dict[str, Any]]:
+    """Return the text and the document that ``change`` makes of ``session``."""
+    if change.patch is None:
+        assert change.document is not None
+        return change.text, change.document
+    if session.document is None:
+        session.document, session.fragments = _PARSED.parse(
+            change.session_id, session.text
+        )
+    document = documents.merge_patch(session.document, change.patch)
+    documents.check_state_fields(document, change.session_id)
+    text, session.fragments = documents.dump_reusing(document, session.fragments)
+    documents.check_size(text, change.limits.max_document_bytes)
+    return text, document
+
+
+def run_together(changes: list[StateChange], events: list[Any]) -> list[tuple[bool, Any]]:
+    """Apply state changes in order inside the writer's transaction.
+
+    Returns one (succeeded, result or error) pair per change. A failed
+    change writes nothing; a database error is raised and fails them all.
+    """
+    sessions: dict[str, _Session | None] = {}
+    outcomes: list[tuple[bool, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    for change in changes:
+        session_id = change.session_id
+        if session_id in sessions:
+            session = sessions[session_id]
+        else:
+            session = sessions[session_id] = _load(session_id)
+        if session is None:
+            outcomes.append((False, NotFound(f"session {session_id} not found")))
+            continue
+        expected = change.expected_version
+        if expected is not None and expected != session.version:
+            outcomes.append(
+                (
+                    False,
+                    Conflict(
+                        f"state of session {session_id} is at version "
+                        f"{session.version}, but the request expected version "
+                        f"{expected}"
+                    ),
+                )
+            )
+            continue
+        try:
+            text, document = _apply(change, session)
+        except StoreError as error:
+            outcomes.append((False, error))
+            continue
+        if change.patch is None:
+            session.fragments = None
+        session.version += 1
+        session.text = text
+        session.document = document
+        now = utc_now()
+        rows.append((session_id, session.version, text, change.patch_text, now))
+        events.append(
+            StateChanged(session_id, session.version, text, change.patch_text, now)
+        )
+        outcomes.append(
+            (True, {"version": session.version, "document": text, "updated_at": now})
+        )
+    if rows:
+        _store(sessions, rows, changes[0].limits.state_history)
+    return outcomes
+
+
+def _store(
+    sessions: dict[str, _Session | None],
+    rows: list[tuple[Any, ...]],
+    state_history: int,
+) -> None:
+    latest = {row[0]: row for row in rows}
+    for session_id, (_, version, text, _, now) in latest.items():
+        session = sessions[session_id]
+        assert session is not None
+        if session.stored:
+            _UPDATE_STATE.execute([version, text, now, session_id])
+        else:
+            _INSERT_STATE.execute([session_id, version, text, now])
+        if session.document is not None:
+            _PARSED.remember(session_id, text, session.document, session.fragments)
+    _INSERT_VERSION.execute_many(rows)
+    for session_id, (_, version, *_) in latest.items():
+        if version > state_history:
+            _PRUNE_VERSIONS.execute([session_id, version - state_history])
+    for session_id, version, *_ in rows:
+        notify({"session_id": session_id, "version": version})
 
 
 class ParsedDocuments:
@@ -170,39 +318,49 @@ class ParsedDocuments:
 
     A patch needs the stored document as a dict. Parsing it again for every
     patch was a fifth of the cost of a patch, so the writer keeps the dict
-    it made. An entry is used only when its text equals the stored text, so
-    a write that was rolled back, or made by another daemon, is never
-    mistaken for the current document. Merge patches build new dicts and
-    never change the ones kept here.
+    it made, and the JSON text of each of its top-level members
+    (``documents.dump_reusing``). An entry is used only when its text equals
+    the stored text, so a write that was rolled back, or made by another
+    daemon, is never mistaken for the current document. Merge patches build
+    new dicts and never change the ones kept here.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._entries: collections.OrderedDict[str, tuple[str, dict[str, Any]]] = (
-            collections.OrderedDict()
-        )
+        self._entries: collections.OrderedDict[
+            str, tuple[str, dict[str, Any], documents.Fragments | None]
+        ] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def parse(self, session_id: str, text: str) -> dict[str, Any]:
-        """Return the document of ``text``, parsed now or earlier."""
+    def parse(
+        self, session_id: str, text: str
+    ) -> tuple[dict[str, Any], documents.Fragments | None]:
+        """Return the document of ``text``, parsed now or earlier, and the
+        text of its members when known."""
         with self._lock:
             entry = self._entries.get(session_id)
         if entry is not None and entry[0] == text:
-            return entry[1]
+            return entry[1], entry[2]
         document: dict[str, Any] = json.loads(text)
-        return document
+        return document, None
 
-    def remember(self, session_id: str, text: str, document: dict[str, Any]) -> None:
+    def remember(
+        self,
+        session_id: str,
+        text: str,
+        document: dict[str, Any],
+        fragments: documents.Fragments | None,
+    ) -> None:
         """Keep ``document`` as the parsed form of ``text``."""
         with self._lock:
             old = self._entries.pop(session_id, None)
             if old is not None:
                 self._bytes -= len(old[0])
-            self._entries[session_id] = (text, document)
+            self._entries[session_id] = (text, document, fragments)
             self._bytes += len(text)
             while self._bytes > self._max_bytes and self._entries:
-                _, (dropped, _) = self._entries.popitem(last=False)
+                _, (dropped, _, _) = self._entries.popitem(last=False)
                 self._bytes -= len(dropped)
 
 
@@ -245,35 +403,3 @@ _PRUNE_VERSIONS = PreparedQuery(
         (StateVersion.session == "") & (StateVersion.version <= 0)
     )
 )
-
-
-def _write(
-    session_id: str,
-    expected_version: int | None,
-    make_document: Callable[[str], str],
-    patch_text: str | None,
-    limits: StateLimits,
-    events: list[Any],
-) -> dict[str, Any]:
-    if _LOCK_SESSION.first([session_id]) is None:
-        raise NotFound(f"session {session_id} not found")
-    state = _CURRENT_STATE.first([session_id])
-    current_version = 0 if state is None else int(state[0])
-    if expected_version is not None and expected_version != current_version:
-        raise Conflict(
-            f"state of session {session_id} is at version {current_version}, "
-            f"but the request expected version {expected_version}"
-        )
-    text = make_document("{}" if state is None else state[1])
-    version = current_version + 1
-    now = utc_now()
-    if state is None:
-        _INSERT_STATE.execute([session_id, version, text, now])
-    else:
-        _UPDATE_STATE.execute([version, text, now, session_id])
-    _INSERT_VERSION.execute([session_id, version, text, patch_text, now])
-    if version > limits.state_history:
-        _PRUNE_VERSIONS.execute([session_id, version - limits.state_history])
-    events.append(StateChanged(session_id, version, text, patch_text, now))
-    notify({"session_id": session_id, "version": version})
-    return {"version": version, "document": text, "updated_at": now}

@@ -11,6 +11,13 @@ An operation is a function ``operation(events) -> result`` run on the writer
 thread inside the transaction. It may append events to ``events``; they reach
 ``on_commit`` after the commit, and are dropped if the operation fails.
 
+An operation with a ``run_together`` attribute is run with the operations
+next to it in the batch that have the same one, by a single call
+``run_together(operations, events)`` that returns a ``(succeeded, result or
+error)`` pair for each. It runs without savepoints, so it must leave no trace
+of an operation that fails; a database error it raises fails the batch, which
+is then retried one write at a time.
+
 Callers on an asyncio loop ``await writer.run(operation)``. The writer wakes
 all callers of one loop with a single ``call_soon_threadsafe`` per batch,
 because each hand-off between threads costs CPU time. Callers on other
@@ -244,30 +251,51 @@ class Writer:
         events: list[Any] = []
         database = self._database
         with database.atomic():
-            for request in batch:
+            index = 0
+            while index < len(batch):
+                request = batch[index]
                 if request.future.cancelled() or self._past_deadline():
                     outcomes.append(
                         (False, errors.Unavailable("the daemon stopped first"))
                     )
+                    index += 1
                     continue
-                mark = len(events)
-                try:
-                    with database.savepoint():
-                        result = request.operation(events)
-                    outcomes.append((True, result))
-                except errors.StoreError as error:
-                    del events[mark:]
-                    outcomes.append((False, error))
-                except peewee.IntegrityError as error:
-                    del events[mark:]
-                    outcomes.append((False, translate_database_error(error)))
-                except peewee.DatabaseError:
-                    raise
-                except Exception as error:
-                    logger.exception("write operation failed")
-                    del events[mark:]
-                    outcomes.append((False, error))
+                together = getattr(request.operation, "run_together", None)
+                if together is None:
+                    outcomes.append(self._run_one(request.operation, events))
+                    index += 1
+                    continue
+                end = index + 1
+                while end < len(batch) and (
+                    getattr(batch[end].operation, "run_together", None) is together
+                    and not batch[end].future.cancelled()
+                ):
+                    end += 1
+                operations = [request.operation for request in batch[index:end]]
+                outcomes.extend(together(operations, events))
+                index = end
         return outcomes, events
+
+    def _run_one(
+        self, operation: Operation[Any], events: list[Any]
+    ) -> tuple[bool, Any]:
+        mark = len(events)
+        try:
+            with self._database.savepoint():
+                result = operation(events)
+            return True, result
+        except errors.StoreError as error:
+            del events[mark:]
+            return False, error
+        except peewee.IntegrityError as error:
+            del events[mark:]
+            return False, translate_database_error(error)
+        except peewee.DatabaseError:
+            raise
+        except Exception as error:
+            logger.exception("write operation failed")
+            del events[mark:]
+            return False, error
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline

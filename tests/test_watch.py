@@ -713,11 +713,13 @@ def test_slow_watcher_is_sent_snapshot_then_changes(
             client = Client(channel)
             session_id = client.create_session()
             slow = stalled_watch(slow_channel, session_id)
+            # The first snapshot is read before writing, so that the watch
+            # is known to have started at version 0.
+            events = iter(slow)
+            first = next(events)
             write_large_documents(client, session_id, 100)
             last_written = client.get(session_id).version
 
-            events = iter(slow)
-            first = next(events)
             versions = []
             snapshot_version = None
             while snapshot_version is None:

@@ -1,0 +1,184 @@
+"""State changes that share one writer batch.
+
+The writer runs the state changes of a batch together: one read of each
+session, changes applied in memory, one write per session and one row per
+version. These tests queue changes before the writer starts, so that they
+land in one batch, and check what is stored against applying them one at a
+time.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis
+import peewee
+import pytest
+from hypothesis import strategies
+
+from editstore.server import documents, errors, migrate, records, states
+from editstore.server.database import open_database
+from editstore.server.models import SessionState, StateVersion
+from editstore.server.writer import Writer
+
+LIMITS = states.StateLimits(max_document_bytes=2048, state_history=5)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[peewee.Database]:
+    database = open_database(database_url)
+    migrate.upgrade(database)
+    yield database
+    if not database.is_closed():
+        database.close()
+
+
+def new_session(database: peewee.Database) -> str:
+    with database.atomic():
+        row = records.create_session(
+            {"image_path": "a.jpg", "naive_prompt": "warmer light"}, ""
+        )([])
+    return str(row["id"])
+
+
+def run_in_one_batch(
+    database: peewee.Database, operations: list[Any]
+) -> tuple[list[tuple[bool, Any]], list[Any], Writer]:
+    """Queue every operation, then start the writer so that one batch takes all."""
+    events: list[Any] = []
+    writer = Writer(database, on_commit=events.extend)
+    futures = [writer.submit(operation) for operation in operations]
+    writer.start()
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append((True, future.result(timeout=30)))
+        except errors.StoreError as error:
+            outcomes.append((False, error))
+    writer.stop(timeout=30)
+    return outcomes, events, writer
+
+
+def patch(session_id: str, value: dict[str, Any], expected: int | None = None) -> Any:
+    return states.patch_state(session_id, json.dumps(value), expected, "", LIMITS)
+
+
+def stored_versions(database: peewee.Database, session_id: str) -> list[Any]:
+    database.connect(reuse_if_open=True)
+    query = (
+        StateVersion.select()
+        .where(StateVersion.session == session_id)
+        .order_by(StateVersion.version)
+    )
+    return [(row.version, json.loads(row.document), row.merge_patch) for row in query]
+
+
+def test_failed_changes_in_a_batch_leave_no_trace(database: peewee.Database) -> None:
+    session_id = new_session(database)
+    other_id = new_session(database)
+    missing_id = str(uuid.uuid4())
+    operations = [
+        patch(session_id, {"step": 1}),
+        patch(other_id, {"step": 10}),
+        patch(session_id, {"step": 2}, expected=0),  # conflict: now at 1
+        patch(session_id, {"blob": "x" * 4000}),  # over 2048 bytes
+        patch(missing_id, {"step": 1}),
+        patch(session_id, {"step": 3}, expected=1),
+        states.put_state(session_id, '{"fresh":true}', 2, "", LIMITS),
+        patch(session_id, {"step": 4, "fresh": None}),
+        patch(other_id, {"step": 11}),
+    ]
+    outcomes, events, writer = run_in_one_batch(database, operations)
+
+    assert writer.batches == 1
+    assert [ok for ok, _ in outcomes] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert isinstance(outcomes[2][1], errors.Conflict)
+    assert "expected version 0" in str(outcomes[2][1])
+    assert isinstance(outcomes[3][1], errors.ResourceExhausted)
+    assert isinstance(outcomes[4][1], errors.NotFound)
+    assert [value["version"] for ok, value in outcomes if ok] == [1, 1, 2, 3, 4, 2]
+    assert stored_versions(database, session_id) == [
+        (1, {"step": 1}, '{"step":1}'),
+        (2, {"step": 3}, '{"step":3}'),
+        (3, {"fresh": True}, None),
+        (4, {"step": 4}, '{"step":4,"fresh":null}'),
+    ]
+    assert [version for version, _, _ in stored_versions(database, other_id)] == [1, 2]
+    current = SessionState.get(SessionState.session == session_id)
+    assert (current.version, json.loads(current.document)) == (4, {"step": 4})
+    assert [(event.session_id, event.version) for event in events] == [
+        (session_id, 1),
+        (other_id, 1),
+        (session_id, 2),
+        (session_id, 3),
+        (session_id, 4),
+        (other_id, 2),
+    ]
+
+
+def test_history_is_pruned_once_per_batch(database: peewee.Database) -> None:
+    session_id = new_session(database)
+    operations = [patch(session_id, {"step": step}) for step in range(1, 13)]
+    outcomes, _, writer = run_in_one_batch(database, operations)
+
+    assert writer.batches == 1
+    assert all(ok for ok, _ in outcomes)
+    kept = stored_versions(database, session_id)
+    # state_history is 5: the last five versions stay.
+    assert [version for version, _, _ in kept] == [8, 9, 10, 11, 12]
+    assert kept[-1][1] == {"step": 12}
+
+
+def test_batch_after_a_batch_reads_what_the_first_stored(
+    database: peewee.Database,
+) -> None:
+    session_id = new_session(database)
+    run_in_one_batch(database, [patch(session_id, {"a": {"b": 1, "c": [1, 2]}})])
+    database.connect(reuse_if_open=True)
+    outcomes, _, _ = run_in_one_batch(
+        database,
+        [patch(session_id, {"a": {"b": None}}), patch(session_id, {"d": "é"})],
+    )
+    assert [value["version"] for _, value in outcomes] == [2, 3]
+    current = SessionState.get(SessionState.session == session_id)
+    assert json.loads(current.document) == {"a": {"c": [1, 2]}, "d": "é"}
+    assert current.document == '{"a":{"c":[1,2]},"d":"é"}'
+
+
+json_values = strategies.recursive(
+    strategies.none()
+    | strategies.booleans()
+    | strategies.integers(min_value=-(2**70), max_value=2**70)
+    | strategies.floats(allow_nan=False, allow_infinity=False)
+    | strategies.text(max_size=5),
+    lambda children: strategies.lists(children, max_size=3)
+    | strategies.dictionaries(strategies.text(max_size=3), children, max_size=3),
+    max_leaves=8,
+)
+json_objects = strategies.dictionaries(strategies.text(max_size=3), json_values)
+
+
+@hypothesis.given(start=json_objects, patches=strategies.lists(json_objects))
+def test_text_reused_between_patches_equals_a_fresh_dump(
+    start: dict[str, Any], patches: list[dict[str, Any]]
+) -> None:
+    document = {key: value for key, value in start.items() if value is not None}
+    text, fragments = documents.dump_reusing(document, None)
+    assert text == documents.dump(document)
+    for merge_patch in patches:
+        document = documents.merge_patch(document, merge_patch)
+        text, fragments = documents.dump_reusing(document, fragments)
+        assert text == documents.dump(document)
