@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import pathlib
 import re
 import shutil
@@ -53,6 +54,25 @@ def summarize(collapsed: pathlib.Path, seconds: float, top: int) -> str:
     for function, count in functions.most_common(top):
         lines.append(f"  {count / possible:6.1%}  {function}")
     return "\n".join(lines)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """Return the CPU seconds each thread of a process has used.
+
+    Each thread is named by its kernel name and id, ``python (1234)``; the
+    thread ids match the ones py-spy prints.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        # utime and stime are fields 14 and 15 of stat, 12 and 13 after ")".
+        used[f"{name} ({task.name})"] = (int(fields[11]) + int(fields[12])) / ticks
+    return dict(used)
 
 
 def py_spy(
@@ -101,6 +121,7 @@ def main() -> None:
         daemon = servers.daemon(workdir / "profile.db", workdir / "daemon.log")
         with servers.running(daemon):
             sessions = create_sessions(daemon.address, 64)
+            cpu_before = thread_cpu(daemon.pid)
             recorders: list[subprocess.Popen[bytes]] = []
 
             def record() -> None:
@@ -125,6 +146,7 @@ def main() -> None:
                 server_pid=daemon.pid,
             )
             starter.join()
+            cpu_after = thread_cpu(daemon.pid)
             for recorder in recorders:
                 _, errors = recorder.communicate(timeout=args.seconds + 60)
                 if recorder.returncode != 0:
@@ -136,6 +158,12 @@ def main() -> None:
         f"cores, clients {result.client_cpu:.2f} cores, {result.errors} errors"
     )
     print(f"{result.rate and 1e3 / result.rate:.2f} ms of wall time per update")
+    print("CPU of each daemon thread per update, over the whole load:")
+    updates = result.rate * (args.seconds + RECORD_DELAY)
+    for name, seconds in sorted(cpu_after.items(), key=lambda item: -item[1]):
+        spent = seconds - cpu_before.get(name, 0.0)
+        if spent > 0:
+            print(f"  {spent / updates * 1e6:7.1f} us  {name}")
     print(summarize(collapsed, args.seconds, args.top))
     print(f"flame graph: {flame}")
 

@@ -28,6 +28,63 @@ STRING_FIELDS = (
 OBJECT_FIELDS = ("scene_analysis", "intent", "prompts", "validation")
 
 
+class _Rejected(Exception):
+    """A JSON value the store does not accept; parse_object names the field."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Rejected(f"must not contain {name}: JSON has no such value")
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Rejected(
+            f"contains the number {literal}, which is too large for a 64-bit float"
+        )
+    if value == 0:
+        mantissa = literal.lower().partition("e")[0]
+        if any(digit in mantissa for digit in "123456789"):
+            raise _Rejected(
+                f"contains the number {literal}, which is too small for a 64-bit "
+                "float and would read back as 0"
+            )
+    return value
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_INTEGER_DIGITS and len(literal.lstrip("-")) > (
+        MAX_INTEGER_DIGITS
+    ):
+        raise _Rejected(
+            f"contains an integer of {len(literal)} digits; at most "
+            f"{MAX_INTEGER_DIGITS} are accepted"
+        )
+    return int(literal)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Rejected(f"has the key {key!r} twice in one object")
+            seen.add(key)
+    return result
+
+
+# One decoder and one encoder for every call: building them costs more than
+# parsing or writing a small patch.
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant,
+    parse_float=_parse_float,
+    parse_int=_parse_int,
+    object_pairs_hook=_unique_keys,
+)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def parse_object(text: str, field: str) -> dict[str, Any]:
     """Parse JSON text that must be an object.
 
@@ -35,53 +92,10 @@ def parse_object(text: str, field: str) -> dict[str, Any]:
         InvalidArgument: the text is not valid JSON, not an object, contains
             NaN, Infinity, a duplicate key or an over-long integer.
     """
-
-    def reject_constant(name: str) -> Any:
-        raise InvalidArgument(
-            f"{field} must not contain {name}: JSON has no such value"
-        )
-
-    def parse_float(literal: str) -> float:
-        value = float(literal)
-        if not math.isfinite(value):
-            raise InvalidArgument(
-                f"{field} contains the number {literal}, which is too large for "
-                "a 64-bit float"
-            )
-        mantissa = literal.lower().partition("e")[0]
-        if value == 0 and any(digit in mantissa for digit in "123456789"):
-            raise InvalidArgument(
-                f"{field} contains the number {literal}, which is too small for "
-                "a 64-bit float and would read back as 0"
-            )
-        return value
-
-    def parse_int(literal: str) -> int:
-        if len(literal.lstrip("-")) > MAX_INTEGER_DIGITS:
-            raise InvalidArgument(
-                f"{field} contains an integer of {len(literal)} digits; at most "
-                f"{MAX_INTEGER_DIGITS} are accepted"
-            )
-        return int(literal)
-
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                raise InvalidArgument(
-                    f"{field} has the key {key!r} twice in one object"
-                )
-            result[key] = value
-        return result
-
     try:
-        value = json.loads(
-            text,
-            parse_constant=reject_constant,
-            parse_float=parse_float,
-            parse_int=parse_int,
-            object_pairs_hook=unique_keys,
-        )
+        value = _DECODER.decode(text)
+    except _Rejected as error:
+        raise InvalidArgument(f"{field} {error}") from None
     except json.JSONDecodeError as error:
         raise InvalidArgument(
             f"{field} is not valid JSON: {error.msg} at line {error.lineno} "
@@ -102,7 +116,7 @@ def dump(document: dict[str, Any], field: str = "document_json") -> str:
             UTF-8 form.
     """
     try:
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(document)
     except RecursionError:
         raise InvalidArgument(f"{field} is nested too deeply") from None
     try:
