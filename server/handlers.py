@@ -10,6 +10,7 @@ it is logged with its traceback and the client is told no details.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -100,6 +101,46 @@ def _streaming(
     return handle
 
 
+class RequestReader:
+    """The requests of a client stream, read one at a time and parsed.
+
+    A method that takes one writes its responses with ``context.write``
+    instead of yielding them. Reading and writing through the context, in
+    a task of their own, cost the event loop less per message than async
+    generators do (see bench/README.md).
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext, parse: _Parser) -> None:
+        self._context = context
+        self._parse = parse
+
+    async def read(self) -> Any:
+        """Return the next request, None at the end of the stream.
+
+        Raises:
+            InvalidArgument: the request is not valid wire data.
+        """
+        data = await self._context.read()
+        if data is grpc.aio.EOF:
+            return None
+        return self._parse(data)
+
+
+def _stream_writer(method: str, behavior: Behavior, parse: _Parser) -> Behavior:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
+        started = time.monotonic()
+        try:
+            await behavior(RequestReader(context, parse), context)
+        except (errors.StoreError, Exception) as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await _abort(context, method, error)
+        finally:
+            logger.debug("%s ended after %.1f s", method, time.monotonic() - started)
+
+    return handle
+
+
 def _serializer(message_class: Any) -> Callable[[Any], bytes]:
     """Serialize a response; bytes pass as they are, already serialized."""
     serialize = message_class.SerializeToString
@@ -126,9 +167,12 @@ def generic_handler(
         serialize = _serializer(response_class)
         full_name = f"{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
+            if inspect.iscoroutinefunction(behavior):
+                wrapped = _stream_writer(full_name, behavior, parse)
+            else:
+                wrapped = _streaming(full_name, behavior, parse, True)
             handler = grpc.stream_stream_rpc_method_handler(
-                _streaming(full_name, behavior, parse, True),
-                response_serializer=serialize,
+                wrapped, response_serializer=serialize
             )
         elif method.server_streaming:
             handler = grpc.unary_stream_rpc_method_handler(

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from editstore.server import convert, errors, states
+from editstore.server import convert, errors, handlers, states
 from editstore.server.events import SessionDeleted, StateChanged
 from editstore.server.readers import Readers
 from editstore.server.status import code_of
@@ -183,10 +183,8 @@ class StateServicer:
             return future
 
     async def StreamStateUpdates(
-        self,
-        requests: AsyncIterator[state_pb2.StreamStateUpdatesRequest],
-        context: Context,
-    ) -> AsyncIterator[state_pb2.StreamStateUpdatesResponse]:
+        self, requests: handlers.RequestReader, context: Context
+    ) -> None:
         with self._slots.hold("StreamStateUpdates"):
             pending: asyncio.Queue[_Pending | None] = asyncio.Queue(
                 MAX_UPDATES_IN_FLIGHT
@@ -203,7 +201,7 @@ class StateServicer:
                     sequence, future, size = item
                     response = await self._acknowledge(sequence, future)
                     budget.release(size)
-                    yield response
+                    await context.write(response)
                 await reader
             finally:
                 reader.cancel()
@@ -216,12 +214,12 @@ class StateServicer:
 
     async def _read_updates(
         self,
-        requests: AsyncIterator[state_pb2.StreamStateUpdatesRequest],
+        requests: handlers.RequestReader,
         pending: asyncio.Queue[_Pending | None],
         budget: _ByteBudget,
     ) -> None:
         try:
-            async for update in requests:
+            while (update := await requests.read()) is not None:
                 size = update.ByteSize()
                 await budget.acquire(size)
                 await pending.put((update.sequence, self._start_update(update), size))
