@@ -141,6 +141,7 @@ class StateServicer:
             request.after_version,
             request.page_size,
             self._limits.max_document_bytes,
+            self._limits.state_history,
         )
         return state_pb2.ListStateVersionsResponse(
             versions=[convert.state_message(request.session_id, v) for v in versions],
@@ -340,6 +341,7 @@ class StateServicer:
             after,
             states.MAX_VERSIONS_PAGE,
             page_bytes,
+            self._limits.state_history,
         )
         if (
             versions
@@ -362,6 +364,7 @@ class StateServicer:
                 after,
                 states.MAX_VERSIONS_PAGE,
                 page_bytes,
+                self._limits.state_history,
             )
 
     @staticmethod

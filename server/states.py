@@ -1,9 +1,14 @@
 """State documents: versioned puts and merge patches, and their kept history.
 
-Every change gives the document the next version and stores it twice: as the
-current document in ``session_states`` and as a row of ``state_versions``,
-of which the last ``state_history`` of each session are kept. On PostgreSQL
-the change is also announced with NOTIFY (see ``pgnotify``).
+Every change gives the document the next version. The whole document is
+stored as the current one in ``session_states``, and the change as a row of
+``state_versions``, of which the last ``state_history`` of each session are
+kept. A row of ``state_versions`` holds its whole document after a put, at
+the first version and every ``SNAPSHOT_EVERY`` versions; the rows between
+hold only their merge patch (and an empty document), from which a reader
+rebuilds the document. A 2 KB document patched 1,000 times so takes about a
+sixteenth of the room, and a write a third of the pages. On PostgreSQL the
+change is also announced with NOTIFY (see ``pgnotify``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ MAX_VERSIONS_PAGE = 1000
 # Bytes a StateDocument adds to its document in a response: the session id,
 # the version, the timestamp and the field tags, rounded up.
 VERSION_OVERHEAD_BYTES = 128
+SNAPSHOT_EVERY = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +61,19 @@ def get_state(session_id: str) -> StateChanged | None:
 
 
 def list_versions(
-    session_id: str, after_version: int, page_size: int, max_bytes: int = 0
+    session_id: str,
+    after_version: int,
+    page_size: int,
+    max_bytes: int = 0,
+    state_history: int = 0,
 ) -> tuple[list[StateChanged], int]:
     """Return kept versions after ``after_version``, oldest first, and the
     oldest kept version (0 when there is none).
 
     With ``max_bytes`` the page ends before the documents pass that many
     bytes, so that it fits in one gRPC message; it holds at least one version.
+    With ``state_history`` only the last that many versions count as kept,
+    although the table may still hold a few older ones (see ``_store``).
     """
     validation.identifier("session_id", session_id)
     if after_version < 0:
@@ -74,32 +86,59 @@ def list_versions(
         )
     if Session.get_or_none(Session.id == session_id) is None:
         raise NotFound(f"session {session_id} not found")
+    first_kept = 1
+    if state_history:
+        state = SessionState.get_or_none(SessionState.session == session_id)
+        if state is not None:
+            first_kept = max(1, state.version - state_history + 1)
+    low = max(after_version, first_kept - 1)
+    limit = page_size or DEFAULT_VERSIONS_PAGE
+    # A row that holds only its patch is rebuilt from the newest row at or
+    # before it that holds a whole document.
+    base = _BASE_VERSION.first([session_id, low + 1, ""])
+    start = low + 1 if base is None or base[0] is None else int(base[0])
     query = (
         StateVersion.select()
         .where(
-            (StateVersion.session == session_id)
-            & (StateVersion.version > after_version)
+            (StateVersion.session == session_id) & (StateVersion.version >= start)
         )
         .order_by(StateVersion.version)
-        .limit(page_size or DEFAULT_VERSIONS_PAGE)
+        .limit(limit + (low + 1 - start))
     )
     versions: list[StateChanged] = []
     size = 0
+    previous: tuple[int, str, dict[str, Any] | None] | None = None
+    fragments: documents.Fragments | None = None
     for row in query:
-        size += len(row.document.encode("utf-8")) + VERSION_OVERHEAD_BYTES
+        if row.document:
+            text, document = row.document, None
+            fragments = None
+        elif previous is not None and previous[0] == row.version - 1:
+            parsed = previous[2] if previous[2] is not None else json.loads(previous[1])
+            document = documents.merge_patch(parsed, json.loads(row.merge_patch))
+            text, fragments = documents.dump_reusing(document, fragments)
+        else:
+            # The row it is rebuilt from is gone: history before the next
+            # whole document is lost, which the caller sees as a gap.
+            previous = None
+            continue
+        previous = (row.version, text, document)
+        if row.version <= low:
+            continue
+        size += len(text.encode("utf-8")) + VERSION_OVERHEAD_BYTES
         if max_bytes and versions and size > max_bytes:
             break
         versions.append(
-            StateChanged(
-                session_id, row.version, row.document, row.merge_patch, row.created_at
-            )
+            StateChanged(session_id, row.version, text, row.merge_patch, row.created_at)
         )
+        if len(versions) >= limit:
+            break
     oldest = (
         StateVersion.select(peewee.fn.MIN(StateVersion.version))
         .where(StateVersion.session == session_id)
         .scalar()
     )
-    return versions, int(oldest or 0)
+    return versions, 0 if oldest is None else max(int(oldest), first_kept)
 
 
 def _check_expected(field: str, expected_version: int | None) -> None:
@@ -200,10 +239,13 @@ class StateChange:
 class _Session:
     """A session's document as the changes of one batch leave it."""
 
-    __slots__ = ("version", "text", "document", "fragments", "stored")
+    __slots__ = ("version", "first_version", "text", "document", "fragments")
+    __slots__ += ("stored",)
 
     def __init__(self, version: int, text: str, stored: bool) -> None:
         self.version = version
+        self.first_version = version
+        """The version before this batch."""
         self.text = text
         self.document: dict[str, Any] | None = None
         self.fragments: documents.Fragments | None = None
@@ -278,7 +320,14 @@ def run_together(changes: list[StateChange], events: list[Any]) -> list[tuple[bo
         session.text = text
         session.document = document
         now = utc_now()
-        rows.append((session_id, session.version, text, change.patch_text, now))
+        whole = (
+            change.patch_text is None
+            or session.version % SNAPSHOT_EVERY == 0
+            or session.version == 1
+            or len(change.patch_text) >= len(text)
+        )
+        stored = text if whole else ""
+        rows.append((session_id, session.version, stored, change.patch_text, now))
         events.append(
             StateChanged(session_id, session.version, text, change.patch_text, now)
         )
@@ -296,9 +345,10 @@ def _store(
     state_history: int,
 ) -> None:
     latest = {row[0]: row for row in rows}
-    for session_id, (_, version, text, _, now) in latest.items():
+    for session_id, (_, version, _, _, now) in latest.items():
         session = sessions[session_id]
         assert session is not None
+        text = session.text
         if session.stored:
             _UPDATE_STATE.execute([version, text, now, session_id])
         else:
@@ -306,9 +356,18 @@ def _store(
         if session.document is not None:
             _PARSED.remember(session_id, text, session.document, session.fragments)
     _INSERT_VERSION.execute_many(rows)
+    # Versions are pruned each time a session passes a multiple of
+    # SNAPSHOT_EVERY, down to the newest whole document that the oldest kept
+    # version is rebuilt from, so the table holds up to about 2 *
+    # SNAPSHOT_EVERY versions more than state_history; readers skip them.
     for session_id, (_, version, *_) in latest.items():
-        if version > state_history:
-            _PRUNE_VERSIONS.execute([session_id, version - state_history])
+        session = sessions[session_id]
+        assert session is not None
+        first_kept = version - state_history + 1
+        if first_kept > 1 and (
+            version // SNAPSHOT_EVERY != session.first_version // SNAPSHOT_EVERY
+        ):
+            _PRUNE_VERSIONS.execute([session_id, session_id, first_kept, ""])
     for session_id, version, *_ in rows:
         notify({"session_id": session_id, "version": version})
 
@@ -398,8 +457,19 @@ _INSERT_VERSION = PreparedQuery(
         session="", version=0, document="", merge_patch="", created_at=_EPOCH
     )
 )
+
+def _base_version_query() -> peewee.Query:
+    """The newest version at or before a given one that holds a whole document."""
+    return StateVersion.select(peewee.fn.MAX(StateVersion.version)).where(
+        (StateVersion.session == "")
+        & (StateVersion.version <= 0)
+        & (StateVersion.document != "")
+    )
+
+
+_BASE_VERSION = PreparedQuery(_base_version_query)
 _PRUNE_VERSIONS = PreparedQuery(
     lambda: StateVersion.delete().where(
-        (StateVersion.session == "") & (StateVersion.version <= 0)
+        (StateVersion.session == "") & (StateVersion.version < _base_version_query())
     )
 )

@@ -126,7 +126,7 @@ def test_settings_come_from_variables(sqlite_url: str, tmp_path: pathlib.Path) -
         log = process.log()
         assert f"127.0.0.1:{port}" in log
         assert sqlite_url in log
-        assert "schema version 3" in log
+        assert "schema version 4" in log
     finally:
         assert process.terminate() == 0
     assert pathlib.Path(sqlite_url.removeprefix("sqlite:///")).is_file()

@@ -41,6 +41,7 @@ MIGRATIONS = (
     "0001_specification_tables",
     "0002_lookup_indexes",
     "0003_state_documents_and_request_ids",
+    "0004_state_versions_hold_patches",
 )
 
 
@@ -171,7 +172,7 @@ def test_migrate_keeps_every_row_of_hand_made_database(
     assert all(before[table] for table in SPEC_TABLES)
     result = run_editstore("migrate", "--database", f"sqlite:///{hand_database}")
     assert result.returncode == 0, result.stderr
-    assert "from schema version 0 to 3" in result.stdout
+    assert "from schema version 0 to 4" in result.stdout
     assert snapshot(hand_database) == before
     assert applied_migrations(hand_database) == list(MIGRATIONS)
     with contextlib.closing(sqlite3.connect(hand_database)) as connection:
@@ -323,12 +324,12 @@ def test_migrate_twice_changes_nothing(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "twice.db"
     first = run_editstore("migrate", "--database", f"sqlite:///{path}")
     assert first.returncode == 0, first.stderr
-    assert "from schema version 0 to 3" in first.stdout
+    assert "from schema version 0 to 4" in first.stdout
     schema = sqlite_schema(path)
     history = applied_migrations(path)
     second = run_editstore("migrate", "--database", f"sqlite:///{path}")
     assert second.returncode == 0, second.stderr
-    assert "schema version 3 is current; nothing to apply" in second.stdout
+    assert "schema version 4 is current; nothing to apply" in second.stdout
     assert sqlite_schema(path) == schema
     assert applied_migrations(path) == history
 
@@ -463,7 +464,7 @@ def test_serve_with_migrate_upgrades_hand_made_database(
             stub = session_pb2_grpc.SessionServiceStub(channel)
             fetched = stub.GetSession(pb.GetSessionRequest(id="s-done"), timeout=10)
         assert fetched.naive_prompt == "remove the 🐈"
-        assert "schema version 3" in process.log()
+        assert "schema version 4" in process.log()
     finally:
         process.stop()
     assert snapshot(hand_database) == before

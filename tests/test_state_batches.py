@@ -67,13 +67,15 @@ def patch(session_id: str, value: dict[str, Any], expected: int | None = None) -
 
 
 def stored_versions(database: peewee.Database, session_id: str) -> list[Any]:
+    """Return the kept versions as the API reads them: version, document, patch."""
     database.connect(reuse_if_open=True)
-    query = (
-        StateVersion.select()
-        .where(StateVersion.session == session_id)
-        .order_by(StateVersion.version)
+    versions, _ = states.list_versions(
+        session_id, 0, states.MAX_VERSIONS_PAGE, 0, LIMITS.state_history
     )
-    return [(row.version, json.loads(row.document), row.merge_patch) for row in query]
+    return [
+        (state.version, json.loads(state.document), state.merge_patch)
+        for state in versions
+    ]
 
 
 def test_failed_changes_in_a_batch_leave_no_trace(database: peewee.Database) -> None:
@@ -182,3 +184,80 @@ def test_text_reused_between_patches_equals_a_fresh_dump(
         document = documents.merge_patch(document, merge_patch)
         text, fragments = documents.dump_reusing(document, fragments)
         assert text == documents.dump(document)
+
+
+def write_alone(database: peewee.Database, operation: Any) -> Any:
+    with database.atomic():
+        return operation([])
+
+
+def test_versions_between_whole_documents_are_rebuilt_from_patches(
+    database: peewee.Database,
+) -> None:
+    limits = states.StateLimits(max_document_bytes=1 << 20, state_history=1000)
+    session_id = new_session(database)
+    expected = {}
+    document: dict[str, Any] = {"notes": "n" * 500, "progress": {}}
+    write_alone(
+        database, states.put_state(session_id, json.dumps(document), None, "", limits)
+    )
+    expected[1] = documents.dump(document)
+    for version in range(2, 101):
+        patch_value: dict[str, Any] = {"progress": {"step": version}}
+        if version % 7 == 0:
+            patch_value["extra"] = None if version % 14 == 0 else [version, 1.5]
+        document = documents.merge_patch(document, patch_value)
+        write_alone(
+            database,
+            states.patch_state(session_id, json.dumps(patch_value), None, "", limits),
+        )
+        expected[version] = documents.dump(document)
+
+    versions, oldest = states.list_versions(session_id, 0, 1000, 0, 1000)
+    assert oldest == 1
+    assert {state.version: state.document for state in versions} == expected
+    # A page that starts between two whole documents is rebuilt too.
+    page, _ = states.list_versions(session_id, 37, 5, 0, 1000)
+    assert [(state.version, state.document) for state in page] == [
+        (version, expected[version]) for version in range(38, 43)
+    ]
+    # Most rows hold only their patch: the table holds a fraction of the text.
+    stored = sum(
+        len(row.document)
+        for row in StateVersion.select().where(StateVersion.session == session_id)
+    )
+    assert stored < sum(len(text) for text in expected.values()) / 8
+
+
+def test_pruned_history_keeps_what_its_oldest_version_is_rebuilt_from(
+    database: peewee.Database,
+) -> None:
+    limits = states.StateLimits(max_document_bytes=1 << 20, state_history=5)
+    session_id = new_session(database)
+    pad = "x" * 200
+    write_alone(
+        database,
+        states.put_state(session_id, json.dumps({"pad": pad}), None, "", limits),
+    )
+    for version in range(2, 61):
+        write_alone(
+            database,
+            states.patch_state(
+                session_id, json.dumps({"step": version}), None, "", limits
+            ),
+        )
+        versions, oldest = states.list_versions(session_id, 0, 100, 0, 5)
+        first = max(1, version - 4)
+        assert oldest == first
+        assert [state.version for state in versions] == list(
+            range(first, version + 1)
+        )
+        assert [json.loads(state.document) for state in versions] == [
+            {"pad": pad, "step": step} if step > 1 else {"pad": pad}
+            for step in range(first, version + 1)
+        ]
+    kept = StateVersion.select().where(StateVersion.session == session_id)
+    assert kept.count() <= 5 + 2 * states.SNAPSHOT_EVERY
+    # The oldest row left holds a whole document, so the rest can be rebuilt.
+    assert kept.order_by(StateVersion.version).first().document != ""
+    assert kept.where(StateVersion.document == "").count() > 0
