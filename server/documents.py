@@ -138,7 +138,7 @@ def dump_reusing(
 ) -> tuple[str, Fragments]:
     """Serialize a document as ``dump`` does, reusing the text of unchanged members.
 
-    ``previous`` holds the members of an earlier document and their text. A
+    ``previous`` contains the members of an earlier document and their text. A
     merge patch builds new values only where it changes something and keeps
     the other values as the same objects, so a member whose value is the
     very object serialized before keeps its text. Holding the value in

@@ -3,12 +3,13 @@
 Every change gives the document the next version. The whole document is
 stored as the current one in ``session_states``, and the change as a row of
 ``state_versions``, of which the last ``state_history`` of each session are
-kept. A row of ``state_versions`` holds its whole document after a put, at
-the first version and every ``SNAPSHOT_EVERY`` versions; the rows between
-hold only their merge patch (and an empty document), from which a reader
-rebuilds the document. A 2 KB document patched 1,000 times so takes about a
-sixteenth of the room, and a write a third of the pages. On PostgreSQL the
-change is also announced with NOTIFY (see ``pgnotify``).
+kept. A row of ``state_versions`` contains its whole document after a put,
+at the first version and every ``SNAPSHOT_EVERY`` versions. The rows between
+contain only their merge patch and an empty document, and a reader rebuilds
+their documents from the nearest whole one before them. A small patch so
+writes far fewer database pages than a copy of its whole document would
+(bench/README.md has the figures). On PostgreSQL the change is also
+announced with NOTIFY (see ``pgnotify``).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def list_versions(
             first_kept = max(1, state.version - state_history + 1)
     low = max(after_version, first_kept - 1)
     limit = page_size or DEFAULT_VERSIONS_PAGE
-    # A row that holds only its patch is rebuilt from the newest row at or
-    # before it that holds a whole document.
+    # A row that contains only its patch is rebuilt from the newest row at
+    # or before it that contains a whole document.
     base = _BASE_VERSION.first([session_id, low + 1, ""])
     start = low + 1 if base is None or base[0] is None else int(base[0])
     query = (
@@ -193,10 +194,10 @@ def patch_state(
 class StateChange:
     """One put or merge patch of a session's document, as a write operation.
 
-    The writer runs the changes of one batch together (``run_together``):
-    each session's stored document is read once, every change is applied to
-    it in memory in order, and the results are written with one statement
-    per session plus one row per version. A change that fails (a conflict,
+    The writer runs the changes of one batch together (``run_together``).
+    Each session's stored document is read once and every change is applied
+    to it in memory in order. The results are written with one statement per
+    session plus one row per version. A change that fails (a conflict,
     a document over the limit) is skipped before anything is written, so it
     leaves no trace and needs no savepoint.
     """
@@ -358,8 +359,8 @@ def _store(
     _INSERT_VERSION.execute_many(rows)
     # Versions are pruned each time a session passes a multiple of
     # SNAPSHOT_EVERY, down to the newest whole document that the oldest kept
-    # version is rebuilt from, so the table holds up to about 2 *
-    # SNAPSHOT_EVERY versions more than state_history; readers skip them.
+    # version is rebuilt from. The table so keeps up to about 2 *
+    # SNAPSHOT_EVERY versions more than state_history, and readers skip them.
     for session_id, (_, version, *_) in latest.items():
         session = sessions[session_id]
         assert session is not None
@@ -459,7 +460,7 @@ _INSERT_VERSION = PreparedQuery(
 )
 
 def _base_version_query() -> peewee.Query:
-    """The newest version at or before a given one that holds a whole document."""
+    """Select the newest version at or before a given one with a whole document."""
     return StateVersion.select(peewee.fn.MAX(StateVersion.version)).where(
         (StateVersion.session == "")
         & (StateVersion.version <= 0)

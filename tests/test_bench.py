@@ -73,3 +73,25 @@ def test_every_benchmark_produces_figures(tmp_path: pathlib.Path) -> None:
         if figure["baseline"] is not None:
             assert math.isfinite(figure["baseline"]), figure
             assert figure["baseline"] > 0, figure
+
+
+@pytest.mark.timeout(300)
+def test_write_floor_prints_each_batch_size() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.floor", "--updates", "256"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "batches of 8",
+        "batches of 256",
+    ]
+    for line in lines:
+        steps = line.split("update: ")[1].split(", ")
+        assert [step.split()[0] for step in steps] == ["prepare", "apply", "commit"]
+        assert all(int(step.split()[1]) > 0 for step in steps)

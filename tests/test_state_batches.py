@@ -131,7 +131,7 @@ def test_failed_changes_in_a_batch_leave_no_trace(database: peewee.Database) -> 
     ]
 
 
-def test_history_is_pruned_once_per_batch(database: peewee.Database) -> None:
+def test_batch_past_history_shows_last_versions(database: peewee.Database) -> None:
     session_id = new_session(database)
     operations = [patch(session_id, {"step": step}) for step in range(1, 13)]
     outcomes, _, writer = run_in_one_batch(database, operations)
@@ -144,7 +144,7 @@ def test_history_is_pruned_once_per_batch(database: peewee.Database) -> None:
     assert kept[-1][1] == {"step": 12}
 
 
-def test_batch_after_a_batch_reads_what_the_first_stored(
+def test_second_batch_reads_first_batch_document(
     database: peewee.Database,
 ) -> None:
     session_id = new_session(database)
@@ -191,7 +191,7 @@ def write_alone(database: peewee.Database, operation: Any) -> Any:
         return operation([])
 
 
-def test_versions_between_whole_documents_are_rebuilt_from_patches(
+def test_patch_rows_rebuild_exact_documents(
     database: peewee.Database,
 ) -> None:
     limits = states.StateLimits(max_document_bytes=1 << 20, state_history=1000)
@@ -221,7 +221,7 @@ def test_versions_between_whole_documents_are_rebuilt_from_patches(
     assert [(state.version, state.document) for state in page] == [
         (version, expected[version]) for version in range(38, 43)
     ]
-    # Most rows hold only their patch: the table holds a fraction of the text.
+    # Most rows contain only their patch, so the table has a fraction of the text.
     stored = sum(
         len(row.document)
         for row in StateVersion.select().where(StateVersion.session == session_id)
@@ -229,7 +229,7 @@ def test_versions_between_whole_documents_are_rebuilt_from_patches(
     assert stored < sum(len(text) for text in expected.values()) / 8
 
 
-def test_pruned_history_keeps_what_its_oldest_version_is_rebuilt_from(
+def test_pruning_keeps_base_of_oldest_version(
     database: peewee.Database,
 ) -> None:
     limits = states.StateLimits(max_document_bytes=1 << 20, state_history=5)
@@ -258,6 +258,6 @@ def test_pruned_history_keeps_what_its_oldest_version_is_rebuilt_from(
         ]
     kept = StateVersion.select().where(StateVersion.session == session_id)
     assert kept.count() <= 5 + 2 * states.SNAPSHOT_EVERY
-    # The oldest row left holds a whole document, so the rest can be rebuilt.
+    # The oldest row left contains a whole document, so the rest can be rebuilt.
     assert kept.order_by(StateVersion.version).first().document != ""
     assert kept.where(StateVersion.document == "").count() > 0
