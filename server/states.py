@@ -255,12 +255,20 @@ class _Session:
 
 
 def _load(session_id: str) -> _Session | None:
-    if _LOCK_SESSION.first([session_id]) is None:
-        return None
-    state = _CURRENT_STATE.first([session_id])
-    if state is None:
+    if isinstance(Session._meta.database.obj, peewee.PostgresqlDatabase):
+        # The lock comes first, so that the document is read after the
+        # transaction holding the lock, if any, has committed.
+        if _LOCK_SESSION.first([session_id]) is None:
+            return None
+        state = _CURRENT_STATE.first([session_id])
+        row = None if state is None else (session_id, *state)
+    else:
+        row = _SESSION_AND_STATE.first([session_id])
+        if row is None:
+            return None
+    if row is None or row[1] is None:
         return _Session(0, "{}", stored=False)
-    return _Session(int(state[0]), state[1], stored=True)
+    return _Session(int(row[1]), row[2], stored=True)
 
 
 def _apply(change: StateChange, session: _Session) -> tuple[str, dict[str, Any]]:
@@ -430,16 +438,27 @@ _PARSED = ParsedDocuments(16 * 1024 * 1024)
 
 
 def _lock_query() -> peewee.Query:
-    query = Session.select(Session.id).where(Session.id == "")
-    if isinstance(Session._meta.database.obj, peewee.PostgresqlDatabase):
-        # Serializes the writes of one session across daemons sharing the
-        # database; SQLite's BEGIN IMMEDIATE already serializes all writes.
-        query = query.for_update()
-    return query
+    # Serializes the writes of one session across daemons sharing a
+    # PostgreSQL database; SQLite's BEGIN IMMEDIATE serializes all writes.
+    return Session.select(Session.id).where(Session.id == "").for_update()
+
+
+def _session_and_state_query() -> peewee.Query:
+    """Select a session and its current document, if it has one, in one query."""
+    return (
+        Session.select(Session.id, SessionState.version, SessionState.document)
+        .join(
+            SessionState,
+            peewee.JOIN.LEFT_OUTER,
+            on=(SessionState.session == Session.id),
+        )
+        .where(Session.id == "")
+    )
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
 _LOCK_SESSION = PreparedQuery(_lock_query)
+_SESSION_AND_STATE = PreparedQuery(_session_and_state_query)
 _CURRENT_STATE = PreparedQuery(
     lambda: SessionState.select(SessionState.version, SessionState.document).where(
         SessionState.session == ""
