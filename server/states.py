@@ -202,8 +202,15 @@ class StateChange:
     leaves no trace and needs no savepoint.
     """
 
-    __slots__ = ("session_id", "expected_version", "limits", "document", "patch")
-    __slots__ += ("text", "patch_text")
+    __slots__ = (
+        "session_id",
+        "expected_version",
+        "limits",
+        "document",
+        "patch",
+        "text",
+        "patch_text",
+    )
 
     def __init__(
         self,
@@ -240,8 +247,7 @@ class StateChange:
 class _Session:
     """A session's document as the changes of one batch leave it."""
 
-    __slots__ = ("version", "first_version", "text", "document", "fragments")
-    __slots__ += ("stored",)
+    __slots__ = ("version", "first_version", "text", "document", "fragments", "stored")
 
     def __init__(self, version: int, text: str, stored: bool) -> None:
         self.version = version
@@ -287,7 +293,9 @@ def _apply(change: StateChange, session: _Session) -> tuple[str, dict[str, Any]]
     return text, document
 
 
-def run_together(changes: list[StateChange], events: list[Any]) -> list[tuple[bool, Any]]:
+def run_together(
+    changes: list[StateChange], events: list[Any]
+) -> list[tuple[bool, Any]]:
     """Apply state changes in order inside the writer's transaction.
 
     Returns one (succeeded, result or error) pair per change. A failed

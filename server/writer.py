@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Operation = Callable[[list[Any]], T]
+RunTogether = Callable[[list[Any], list[Any]], list[tuple[bool, Any]]]
 MAX_BATCH = 512
 
 
@@ -81,6 +82,11 @@ def translate_database_error(
     if is_busy(error):
         return errors.Unavailable(f"the database is busy, retry: {error}")
     return errors.Unavailable(f"the database failed, retry: {error}")
+
+
+def _run_together_of(operation: Operation[Any]) -> RunTogether | None:
+    together: RunTogether | None = getattr(operation, "run_together", None)
+    return together
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -260,14 +266,14 @@ class Writer:
                     )
                     index += 1
                     continue
-                together = getattr(request.operation, "run_together", None)
+                together = _run_together_of(request.operation)
                 if together is None:
                     outcomes.append(self._run_one(request.operation, events))
                     index += 1
                     continue
                 end = index + 1
                 while end < len(batch) and (
-                    getattr(batch[end].operation, "run_together", None) is together
+                    _run_together_of(batch[end].operation) is together
                     and not batch[end].future.cancelled()
                 ):
                     end += 1
