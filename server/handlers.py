@@ -10,10 +10,9 @@ it is logged with its traceback and the client is told no details.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -71,44 +70,8 @@ def _unary_unary(method: str, behavior: Behavior, parse: _Parser) -> Behavior:
     return handle
 
 
-async def _parse_stream(
-    requests: AsyncIterator[bytes], parse: _Parser
-) -> AsyncIterator[protobuf_message.Message]:
-    async for data in requests:
-        yield parse(data)
-
-
-def _streaming(
-    method: str, behavior: Behavior, parse: _Parser, client_streams: bool
-) -> Behavior:
-    async def handle(
-        request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        started = time.monotonic()
-        try:
-            argument = (
-                _parse_stream(request, parse) if client_streams else parse(request)
-            )
-            async for response in behavior(argument, context):
-                yield response
-        except (errors.StoreError, Exception) as error:
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            await _abort(context, method, error)
-        finally:
-            logger.debug("%s ended after %.1f s", method, time.monotonic() - started)
-
-    return handle
-
-
 class RequestReader:
-    """The requests of a client stream, read one at a time and parsed.
-
-    A method that takes one writes its responses with ``context.write``
-    instead of yielding them. Reading and writing through the context, in
-    a task of their own, cost the event loop less per message than async
-    generators do (see bench/README.md).
-    """
+    """The requests of a client stream, read one at a time and parsed."""
 
     def __init__(self, context: grpc.aio.ServicerContext, parse: _Parser) -> None:
         self._context = context
@@ -126,11 +89,20 @@ class RequestReader:
         return self._parse(data)
 
 
-def _stream_writer(method: str, behavior: Behavior, parse: _Parser) -> Behavior:
+def _stream_writer(
+    method: str, behavior: Behavior, parse: _Parser, client_streams: bool
+) -> Behavior:
+    """Wrap a streaming method, which writes its responses with
+    ``context.write``: an async generator between the method and gRPC would
+    cost the event loop time on every message."""
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         started = time.monotonic()
         try:
-            await behavior(RequestReader(context, parse), context)
+            argument = (
+                RequestReader(context, parse) if client_streams else parse(request)
+            )
+            await behavior(argument, context)
         except (errors.StoreError, Exception) as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
@@ -167,16 +139,13 @@ def generic_handler(
         serialize = _serializer(response_class)
         full_name = f"{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
-            if inspect.iscoroutinefunction(behavior):
-                wrapped = _stream_writer(full_name, behavior, parse)
-            else:
-                wrapped = _streaming(full_name, behavior, parse, True)
             handler = grpc.stream_stream_rpc_method_handler(
-                wrapped, response_serializer=serialize
+                _stream_writer(full_name, behavior, parse, True),
+                response_serializer=serialize,
             )
         elif method.server_streaming:
             handler = grpc.unary_stream_rpc_method_handler(
-                _streaming(full_name, behavior, parse, False),
+                _stream_writer(full_name, behavior, parse, False),
                 response_serializer=serialize,
             )
         elif method.client_streaming:

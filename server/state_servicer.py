@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -245,7 +245,7 @@ class StateServicer:
 
     async def WatchState(
         self, request: state_pb2.WatchStateRequest, context: Context
-    ) -> AsyncIterator[state_pb2.WatchStateResponse | bytes]:
+    ) -> None:
         session_id = request.session_id
         if request.from_version < 0:
             raise errors.InvalidArgument(
@@ -254,8 +254,7 @@ class StateServicer:
         with self._slots.hold("WatchState"):
             watcher = self._hub.subscribe(session_id)
             try:
-                async for event in self._watch(watcher, request.from_version):
-                    yield event
+                await self._watch(watcher, request.from_version, context.write)
             finally:
                 self._hub.unsubscribe(watcher)
             if watcher.closed:
@@ -265,8 +264,13 @@ class StateServicer:
                 )
 
     async def _watch(
-        self, watcher: Watcher, from_version: int
-    ) -> AsyncIterator[state_pb2.WatchStateResponse | bytes]:
+        self,
+        watcher: Watcher,
+        from_version: int,
+        send: Callable[[state_pb2.WatchStateResponse | bytes], Awaitable[None]],
+    ) -> None:
+        # Responses are written with `send`, not yielded, because each async
+        # generator between here and gRPC costs the event loop time per message.
         session_id = watcher.session_id
         # Subscribed first, read second: a change committed in between is in
         # both, and is sent once because versions at or below `last` are skipped.
@@ -278,17 +282,19 @@ class StateServicer:
                 f"{current_version} of session {session_id}"
             )
         if from_version == 0:
-            yield self._snapshot(session_id, current)
+            await send(self._snapshot(session_id, current))
             last = current_version
         else:
             last = from_version
             async for event in self._catch_up(session_id, last, current):
                 last = max(last, event.state.version)
-                yield event
+                await send(event)
         while True:
             if not await watcher.wait(self._heartbeat):
-                yield state_pb2.WatchStateResponse(
-                    type=state_pb2.WATCH_EVENT_TYPE_HEARTBEAT
+                await send(
+                    state_pb2.WatchStateResponse(
+                        type=state_pb2.WATCH_EVENT_TYPE_HEARTBEAT
+                    )
                 )
                 continue
             if watcher.closed:
@@ -298,32 +304,36 @@ class StateServicer:
                 try:
                     latest = await self._readers.run(states.get_state, session_id)
                 except errors.NotFound:
-                    yield state_pb2.WatchStateResponse(
-                        type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                    await send(
+                        state_pb2.WatchStateResponse(
+                            type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                        )
                     )
                     return
                 if latest is not None and latest.version > last:
-                    yield self._snapshot(session_id, latest)
+                    await send(self._snapshot(session_id, latest))
                     last = latest.version
                 continue
             while watcher.events:
                 event = watcher.pop()
                 if isinstance(event, SessionDeleted):
-                    yield state_pb2.WatchStateResponse(
-                        type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                    await send(
+                        state_pb2.WatchStateResponse(
+                            type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                        )
                     )
                     return
                 if event.version <= last:
                     continue
                 if isinstance(event, StateChanged) and event.version == last + 1:
-                    yield self._encoded_change(event)
+                    await send(self._encoded_change(event))
                     last = event.version
                     continue
                 # A version made by another daemon, or a gap: read the
                 # committed versions after `last` from the database.
                 async for response in self._catch_up(session_id, last, None):
                     last = max(last, response.state.version)
-                    yield response
+                    await send(response)
 
     async def _catch_up(
         self, session_id: str, after: int, current: StateChanged | None

@@ -100,9 +100,7 @@ def list_versions(
     start = low + 1 if base is None or base[0] is None else int(base[0])
     query = (
         StateVersion.select()
-        .where(
-            (StateVersion.session == session_id) & (StateVersion.version >= start)
-        )
+        .where((StateVersion.session == session_id) & (StateVersion.version >= start))
         .order_by(StateVersion.version)
         .limit(limit + (low + 1 - start))
     )
@@ -485,6 +483,7 @@ _INSERT_VERSION = PreparedQuery(
         session="", version=0, document="", merge_patch="", created_at=_EPOCH
     )
 )
+
 
 def _base_version_query() -> peewee.Query:
     """Select the newest version at or before a given one with a whole document."""
