@@ -3,7 +3,8 @@
 SQLite allows one writer at a time and each commit costs a disk flush, so
 every write of the process goes through ``Writer``. Its thread takes all
 requests that are waiting and runs them in one transaction, each inside its
-own savepoint so that one bad request fails alone. It commits once, and only
+own savepoint so that one bad request fails alone (except the operations run
+together, below). It commits once, and only
 then returns each caller's result: group commit. A caller never sees its
 result before its write is durable.
 
