@@ -53,11 +53,10 @@ def _parse_float(literal: str) -> float:
 
 
 def _parse_int(literal: str) -> int:
-    if len(literal) > MAX_INTEGER_DIGITS and len(literal.lstrip("-")) > (
-        MAX_INTEGER_DIGITS
-    ):
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
         raise _Rejected(
-            f"contains an integer of {len(literal)} digits; at most "
+            f"contains an integer of {digits} digits; at most "
             f"{MAX_INTEGER_DIGITS} are accepted"
         )
     return int(literal)

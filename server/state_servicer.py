@@ -344,15 +344,7 @@ class StateServicer:
         worth of bytes, so a watcher far behind does not load its whole
         history into memory at once.
         """
-        page_bytes = CATCH_UP_DOCUMENTS * self._limits.max_document_bytes
-        versions, _ = await self._readers.run(
-            states.list_versions,
-            session_id,
-            after,
-            states.MAX_VERSIONS_PAGE,
-            page_bytes,
-            self._limits.state_history,
-        )
+        versions = await self._catch_up_page(session_id, after)
         if (
             versions
             and versions[0].version != after + 1
@@ -367,15 +359,18 @@ class StateServicer:
         while versions:
             for version in versions:
                 yield self._change(version)
-            after = versions[-1].version
-            versions, _ = await self._readers.run(
-                states.list_versions,
-                session_id,
-                after,
-                states.MAX_VERSIONS_PAGE,
-                page_bytes,
-                self._limits.state_history,
-            )
+            versions = await self._catch_up_page(session_id, versions[-1].version)
+
+    async def _catch_up_page(self, session_id: str, after: int) -> list[StateChanged]:
+        versions, _ = await self._readers.run(
+            states.list_versions,
+            session_id,
+            after,
+            states.MAX_VERSIONS_PAGE,
+            CATCH_UP_DOCUMENTS * self._limits.max_document_bytes,
+            self._limits.state_history,
+        )
+        return versions
 
     @staticmethod
     def _snapshot(

@@ -160,8 +160,9 @@ def put_state(
     documents.check_state_fields(document, session_id)
     text = documents.dump(document)
     documents.check_size(text, limits.max_document_bytes)
-    change = StateChange(session_id, expected_version, limits, document=document)
-    change.text = text
+    change = StateChange(
+        session_id, expected_version, limits, document=document, text=text
+    )
     payload = {"session_id": session_id, "document": text, "expected": expected_version}
     return requests.once("PutState", request_id, payload, change)
 
@@ -179,8 +180,9 @@ def patch_state(
     _check_expected("expected_version", expected_version)
     patch = documents.parse_object(merge_patch_json, "merge_patch_json")
     patch_text = documents.dump(patch, "merge_patch_json")
-    change = StateChange(session_id, expected_version, limits, patch=patch)
-    change.patch_text = patch_text
+    change = StateChange(
+        session_id, expected_version, limits, patch=patch, patch_text=patch_text
+    )
     payload = {
         "session_id": session_id,
         "patch": patch_text,
@@ -217,16 +219,18 @@ class StateChange:
         limits: StateLimits,
         *,
         document: dict[str, Any] | None = None,
+        text: str = "",
         patch: dict[str, Any] | None = None,
+        patch_text: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.expected_version = expected_version
         self.limits = limits
         self.document = document
-        """The new document of a put; None for a patch."""
+        """The new document of a put, and its JSON text; None for a patch."""
+        self.text = text
         self.patch = patch
-        self.text = ""
-        self.patch_text: str | None = None
+        self.patch_text = patch_text
 
     def __call__(self, events: list[Any]) -> dict[str, Any]:
         ((ok, value),) = run_together([self], events)
@@ -245,13 +249,22 @@ class StateChange:
 class _Session:
     """A session's document as the changes of one batch leave it."""
 
-    __slots__ = ("version", "first_version", "text", "document", "fragments", "stored")
+    __slots__ = (
+        "version",
+        "first_version",
+        "text",
+        "document",
+        "fragments",
+        "stored",
+        "updated_at",
+    )
 
     def __init__(self, version: int, text: str, stored: bool) -> None:
         self.version = version
         self.first_version = version
         """The version before this batch."""
         self.text = text
+        self.updated_at = _EPOCH
         self.document: dict[str, Any] | None = None
         self.fragments: documents.Fragments | None = None
         self.stored = stored
@@ -279,6 +292,7 @@ def _apply(change: StateChange, session: _Session) -> tuple[str, dict[str, Any]]
     """Return the text and the document that ``change`` makes of ``session``."""
     if change.patch is None:
         assert change.document is not None
+        session.fragments = None
         return change.text, change.document
     if session.document is None:
         session.document, session.fragments = _PARSED.parse(
@@ -329,12 +343,11 @@ def run_together(
         except StoreError as error:
             outcomes.append((False, error))
             continue
-        if change.patch is None:
-            session.fragments = None
+        now = utc_now()
         session.version += 1
         session.text = text
         session.document = document
-        now = utc_now()
+        session.updated_at = now
         whole = (
             change.patch_text is None
             or session.version % SNAPSHOT_EVERY == 0
@@ -350,38 +363,43 @@ def run_together(
             (True, {"version": session.version, "document": text, "updated_at": now})
         )
     if rows:
-        _store(sessions, rows, changes[0].limits.state_history)
+        changed = {
+            session_id: session
+            for session_id, session in sessions.items()
+            if session is not None and session.version > session.first_version
+        }
+        _store(changed, rows, changes[0].limits.state_history)
     return outcomes
 
 
 def _store(
-    sessions: dict[str, _Session | None],
-    rows: list[tuple[Any, ...]],
-    state_history: int,
+    sessions: dict[str, _Session], rows: list[tuple[Any, ...]], state_history: int
 ) -> None:
-    latest = {row[0]: row for row in rows}
-    for session_id, (_, version, _, _, now) in latest.items():
-        session = sessions[session_id]
-        assert session is not None
-        text = session.text
+    """Write the changed sessions' documents and the new version rows."""
+    for session_id, session in sessions.items():
         if session.stored:
-            _UPDATE_STATE.execute([version, text, now, session_id])
+            _UPDATE_STATE.execute(
+                [session.version, session.text, session.updated_at, session_id]
+            )
         else:
-            _INSERT_STATE.execute([session_id, version, text, now])
+            _INSERT_STATE.execute(
+                [session_id, session.version, session.text, session.updated_at]
+            )
         if session.document is not None:
-            _PARSED.remember(session_id, text, session.document, session.fragments)
+            _PARSED.remember(
+                session_id, session.text, session.document, session.fragments
+            )
     _INSERT_VERSION.execute_many(rows)
     # Versions are pruned each time a session passes a multiple of
     # SNAPSHOT_EVERY, down to the newest whole document that the oldest kept
     # version is rebuilt from. The table so keeps up to about 2 *
     # SNAPSHOT_EVERY versions more than state_history, and readers skip them.
-    for session_id, (_, version, *_) in latest.items():
-        session = sessions[session_id]
-        assert session is not None
-        first_kept = version - state_history + 1
-        if first_kept > 1 and (
-            version // SNAPSHOT_EVERY != session.first_version // SNAPSHOT_EVERY
-        ):
+    for session_id, session in sessions.items():
+        first_kept = session.version - state_history + 1
+        passed_multiple = (
+            session.version // SNAPSHOT_EVERY != session.first_version // SNAPSHOT_EVERY
+        )
+        if first_kept > 1 and passed_multiple:
             _PRUNE_VERSIONS.execute([session_id, session_id, first_kept, ""])
     for session_id, version, *_ in rows:
         notify({"session_id": session_id, "version": version})

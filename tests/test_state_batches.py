@@ -138,10 +138,10 @@ def test_batch_past_history_shows_last_versions(database: peewee.Database) -> No
 
     assert writer.batches == 1
     assert all(ok for ok, _ in outcomes)
-    kept = stored_versions(database, session_id)
+    visible = stored_versions(database, session_id)
     # state_history is 5: the last five versions stay.
-    assert [version for version, _, _ in kept] == [8, 9, 10, 11, 12]
-    assert kept[-1][1] == {"step": 12}
+    assert [version for version, _, _ in visible] == [8, 9, 10, 11, 12]
+    assert visible[-1][1] == {"step": 12}
 
 
 def test_second_batch_reads_first_batch_document(
@@ -166,8 +166,10 @@ json_values = strategies.recursive(
     | strategies.integers(min_value=-(2**70), max_value=2**70)
     | strategies.floats(allow_nan=False, allow_infinity=False)
     | strategies.text(max_size=5),
-    lambda children: strategies.lists(children, max_size=3)
-    | strategies.dictionaries(strategies.text(max_size=3), children, max_size=3),
+    lambda children: (
+        strategies.lists(children, max_size=3)
+        | strategies.dictionaries(strategies.text(max_size=3), children, max_size=3)
+    ),
     max_leaves=8,
 )
 json_objects = strategies.dictionaries(strategies.text(max_size=3), json_values)
@@ -249,15 +251,13 @@ def test_pruning_keeps_base_of_oldest_version(
         versions, oldest = states.list_versions(session_id, 0, 100, 0, 5)
         first = max(1, version - 4)
         assert oldest == first
-        assert [state.version for state in versions] == list(
-            range(first, version + 1)
-        )
+        assert [state.version for state in versions] == list(range(first, version + 1))
         assert [json.loads(state.document) for state in versions] == [
             {"pad": pad, "step": step} if step > 1 else {"pad": pad}
             for step in range(first, version + 1)
         ]
-    kept = StateVersion.select().where(StateVersion.session == session_id)
-    assert kept.count() <= 5 + 2 * states.SNAPSHOT_EVERY
+    remaining_rows = StateVersion.select().where(StateVersion.session == session_id)
+    assert remaining_rows.count() <= 5 + 2 * states.SNAPSHOT_EVERY
     # The oldest row left contains a whole document, so the rest can be rebuilt.
-    assert kept.order_by(StateVersion.version).first().document != ""
-    assert kept.where(StateVersion.document == "").count() > 0
+    assert remaining_rows.order_by(StateVersion.version).first().document != ""
+    assert remaining_rows.where(StateVersion.document == "").count() > 0
