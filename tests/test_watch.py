@@ -375,6 +375,11 @@ def test_deleting_session_ends_watch_with_session_deleted(
     from_zero = watch(watchers, channel, session_id)
     from_one = watch(watchers, channel, session_id, from_version=1)
     assert from_zero.next_event().type == SNAPSHOT
+    # The watch from version 1 sends nothing until a change: one more
+    # version shows both watches have started before the session goes.
+    client.put(session_id, {"step": 2})
+    for reader in (from_zero, from_one):
+        expect_change(reader.next_event(), 2, {"step": 2})
 
     client.sessions.DeleteSession(
         session_pb2.DeleteSessionRequest(id=session_id), timeout=10
