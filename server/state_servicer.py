@@ -338,28 +338,33 @@ class StateServicer:
     async def _catch_up(
         self, session_id: str, after: int, current: StateChanged | None
     ) -> AsyncIterator[state_pb2.WatchStateResponse]:
-        """Send the kept versions after ``after``, or HISTORY_LOST and a snapshot.
+        """Send the kept versions after ``after``; from a missing one on,
+        HISTORY_LOST and a snapshot instead.
 
         Versions are read a page at a time, each page at most a few documents'
         worth of bytes, so a watcher far behind does not load its whole
         history into memory at once.
         """
         versions = await self._catch_up_page(session_id, after)
-        if (
-            versions
-            and versions[0].version != after + 1
-            or (not versions and current is not None and current.version > after)
-        ):
+        lost = not versions and current is not None and current.version > after
+        last = after
+        while versions and not lost:
+            for version in versions:
+                # Each page is read on its own, and versions pruned between
+                # two reads leave a gap that must not pass in silence.
+                if version.version != last + 1:
+                    lost = True
+                    break
+                yield self._change(version)
+                last = version.version
+            else:
+                versions = await self._catch_up_page(session_id, last)
+        if lost:
             yield state_pb2.WatchStateResponse(
                 type=state_pb2.WATCH_EVENT_TYPE_HISTORY_LOST
             )
             latest = await self._readers.run(states.get_state, session_id)
             yield self._snapshot(session_id, latest)
-            return
-        while versions:
-            for version in versions:
-                yield self._change(version)
-            versions = await self._catch_up_page(session_id, versions[-1].version)
 
     async def _catch_up_page(self, session_id: str, after: int) -> list[StateChanged]:
         versions, _ = await self._readers.run(
