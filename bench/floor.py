@@ -9,16 +9,21 @@ benchmark's 1.9 KB document. Each batch is one transaction, as the writer
 thread runs it. It prints the time per update for batches of 8 updates (what
 64 unary callers made) and of 256 (what 64 streams made), split into
 preparing the patches (done on the event loop in the daemon), applying them
-and committing.
+and committing. ``--postgres URL`` measures the same on a database that
+it creates through the PostgreSQL server at URL and drops at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 
 import peewee
+import psycopg2
 
 from bench.workload import base_document_json, patch_json
 from editstore.server import migrate, records, states
@@ -67,15 +72,43 @@ def measure(
     return {name: seconds / step * 1e6 for name, seconds in spent.items()}
 
 
+@contextlib.contextmanager
+def scratch_database(postgres: str | None) -> Iterator[str]:
+    """Yield the URL of an empty database, removed when the block ends."""
+    if postgres is None:
+        with tempfile.TemporaryDirectory(prefix="editstore-floor-") as temporary:
+            yield f"sqlite:///{temporary}/floor.db"
+        return
+    name = f"editstore_floor_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{postgres.rpartition('/')[0]}/{name}"
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--updates", type=int, default=20_000, help="updates per batch size"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="a PostgreSQL server's database URL (postgresql://USER@HOST:PORT/DB) "
+        "through which to create a scratch database instead of a SQLite file",
+    )
     args = parser.parse_args()
     for batch in (8, 256):
-        with tempfile.TemporaryDirectory(prefix="editstore-floor-") as temporary:
-            database = open_database(f"sqlite:///{temporary}/floor.db")
+        with scratch_database(args.postgres) as url:
+            database = open_database(url)
             migrate.upgrade(database)
             sessions = create_sessions(database)
             # The first pass fills the history up to its limit of 100

@@ -37,10 +37,19 @@ ORIGIN = uuid.uuid4().hex
 
 def notify(payload: dict[str, Any]) -> None:
     """Send a notification in the current transaction; a no-op on SQLite."""
+    notify_all([payload])
+
+
+def notify_all(payloads: list[dict[str, Any]]) -> None:
+    """Send one notification per payload in the current transaction, in one
+    statement; a no-op on SQLite."""
     database = Session._meta.database.obj
-    if isinstance(database, peewee.PostgresqlDatabase):
-        text = json.dumps({**payload, "origin": ORIGIN})
-        database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, text))
+    if payloads and isinstance(database, peewee.PostgresqlDatabase):
+        texts = [json.dumps({**payload, "origin": ORIGIN}) for payload in payloads]
+        database.execute_sql(
+            "SELECT pg_notify(%s, text) FROM unnest(%s::text[]) AS text",
+            (CHANNEL, texts),
+        )
 
 
 class Listener:

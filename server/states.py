@@ -28,8 +28,8 @@ from editstore.server import documents, requests, validation
 from editstore.server.errors import Conflict, InvalidArgument, NotFound, StoreError
 from editstore.server.events import StateChanged
 from editstore.server.models import Session, SessionState, StateVersion, utc_now
-from editstore.server.pgnotify import notify
-from editstore.server.prepared import PreparedQuery
+from editstore.server.pgnotify import notify_all
+from editstore.server.prepared import PreparedQuery, RowsQuery
 
 Operation = Callable[[list[Any]], Any]
 DEFAULT_VERSIONS_PAGE = 100
@@ -195,9 +195,11 @@ class StateChange:
     """One put or merge patch of a session's document, as a write operation.
 
     The writer runs the changes of one batch together (``run_together``).
-    Each session's stored document is read once and every change is applied
-    to it in memory in order. The results are written with one statement per
-    session plus one row per version. A change that fails (a conflict,
+    The stored documents of the batch's sessions are read in one statement,
+    and every change is applied to its document in memory in order. The new
+    documents are then written in one statement and the version rows in
+    another (each split into chunks of at most ``RowsQuery.MAX_ROWS`` rows).
+    A change that fails (a conflict,
     a document over the limit) is skipped before anything is written, so it
     leaves no trace and needs no savepoint.
     """
@@ -255,11 +257,10 @@ class _Session:
         "text",
         "document",
         "fragments",
-        "stored",
         "updated_at",
     )
 
-    def __init__(self, version: int, text: str, stored: bool) -> None:
+    def __init__(self, version: int, text: str) -> None:
         self.version = version
         self.first_version = version
         """The version before this batch."""
@@ -267,25 +268,27 @@ class _Session:
         self.updated_at = _EPOCH
         self.document: dict[str, Any] | None = None
         self.fragments: documents.Fragments | None = None
-        self.stored = stored
-        """Whether session_states has a row for the session."""
 
 
-def _load(session_id: str) -> _Session | None:
+def _load(session_ids: list[str]) -> dict[str, _Session | None]:
+    """Read the current document of each session; None for a missing session."""
     if isinstance(Session._meta.database.obj, peewee.PostgresqlDatabase):
-        # The lock comes first, so that the document is read after the
-        # transaction holding the lock, if any, has committed.
-        if _LOCK_SESSION.first([session_id]) is None:
-            return None
-        state = _CURRENT_STATE.first([session_id])
-        row = None if state is None else (session_id, *state)
+        # The locks come first, so that each document is read after the
+        # transaction holding its lock, if any, has committed. Locking in the
+        # order of the ids keeps two daemons from waiting on each other.
+        ordered = sorted(session_ids)
+        found = {row[0] for row in _LOCK_SESSIONS.select(ordered)}
+        rows = [(row[0], row[1], row[2]) for row in _CURRENT_STATES.select(ordered)]
+        rows += [(key, None, None) for key in found - {row[0] for row in rows}]
     else:
-        row = _SESSION_AND_STATE.first([session_id])
-        if row is None:
-            return None
-    if row is None or row[1] is None:
-        return _Session(0, "{}", stored=False)
-    return _Session(int(row[1]), row[2], stored=True)
+        rows = _SESSIONS_AND_STATES.select(session_ids)
+    sessions: dict[str, _Session | None] = dict.fromkeys(session_ids)
+    for session_id, version, text in rows:
+        if version is None:
+            sessions[session_id] = _Session(0, "{}")
+        else:
+            sessions[session_id] = _Session(int(version), text)
+    return sessions
 
 
 def _apply(change: StateChange, session: _Session) -> tuple[str, dict[str, Any]]:
@@ -313,15 +316,12 @@ def run_together(
     Returns one (succeeded, result or error) pair per change. A failed
     change writes nothing; a database error is raised and fails them all.
     """
-    sessions: dict[str, _Session | None] = {}
+    sessions = _load(list(dict.fromkeys(change.session_id for change in changes)))
     outcomes: list[tuple[bool, Any]] = []
     rows: list[tuple[Any, ...]] = []
     for change in changes:
         session_id = change.session_id
-        if session_id in sessions:
-            session = sessions[session_id]
-        else:
-            session = sessions[session_id] = _load(session_id)
+        session = sessions[session_id]
         if session is None:
             outcomes.append((False, NotFound(f"session {session_id} not found")))
             continue
@@ -376,20 +376,18 @@ def _store(
     sessions: dict[str, _Session], rows: list[tuple[Any, ...]], state_history: int
 ) -> None:
     """Write the changed sessions' documents and the new version rows."""
+    _UPSERT_STATES.execute(
+        [
+            (session_id, session.version, session.text, session.updated_at)
+            for session_id, session in sessions.items()
+        ]
+    )
     for session_id, session in sessions.items():
-        if session.stored:
-            _UPDATE_STATE.execute(
-                [session.version, session.text, session.updated_at, session_id]
-            )
-        else:
-            _INSERT_STATE.execute(
-                [session_id, session.version, session.text, session.updated_at]
-            )
         if session.document is not None:
             _PARSED.remember(
                 session_id, session.text, session.document, session.fragments
             )
-    _INSERT_VERSION.execute_many(rows)
+    _INSERT_VERSIONS.execute(rows)
     # Versions are pruned each time a session passes a multiple of
     # SNAPSHOT_EVERY, down to the newest whole document that the oldest kept
     # version is rebuilt from. The table so keeps up to about 2 *
@@ -401,8 +399,14 @@ def _store(
         )
         if first_kept > 1 and passed_multiple:
             _PRUNE_VERSIONS.execute([session_id, session_id, first_kept, ""])
-    for session_id, version, *_ in rows:
-        notify({"session_id": session_id, "version": version})
+    # Daemons that hear of a version read every version they missed, so the
+    # newest version of each session is enough.
+    notify_all(
+        [
+            {"session_id": session_id, "version": session.version}
+            for session_id, session in sessions.items()
+        ]
+    )
 
 
 class ParsedDocuments:
@@ -461,14 +465,19 @@ class ParsedDocuments:
 _PARSED = ParsedDocuments(16 * 1024 * 1024)
 
 
-def _lock_query() -> peewee.Query:
+def _lock_query(count: int) -> peewee.Query:
     # Serializes the writes of one session across daemons sharing a
     # PostgreSQL database; SQLite's BEGIN IMMEDIATE serializes all writes.
-    return Session.select(Session.id).where(Session.id == "").for_update()
+    return (
+        Session.select(Session.id)
+        .where(Session.id.in_([""] * count))
+        .order_by(Session.id)
+        .for_update()
+    )
 
 
-def _session_and_state_query() -> peewee.Query:
-    """Select a session and its current document, if it has one, in one query."""
+def _sessions_and_states_query(count: int) -> peewee.Query:
+    """Select sessions and their current documents, if any, in one query."""
     return (
         Session.select(Session.id, SessionState.version, SessionState.document)
         .join(
@@ -476,30 +485,51 @@ def _session_and_state_query() -> peewee.Query:
             peewee.JOIN.LEFT_OUTER,
             on=(SessionState.session == Session.id),
         )
-        .where(Session.id == "")
+        .where(Session.id.in_([""] * count))
     )
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
-_LOCK_SESSION = PreparedQuery(_lock_query)
-_SESSION_AND_STATE = PreparedQuery(_session_and_state_query)
-_CURRENT_STATE = PreparedQuery(
-    lambda: SessionState.select(SessionState.version, SessionState.document).where(
-        SessionState.session == ""
+_LOCK_SESSIONS = RowsQuery(_lock_query)
+_SESSIONS_AND_STATES = RowsQuery(_sessions_and_states_query)
+_CURRENT_STATES = RowsQuery(
+    lambda count: SessionState.select(
+        SessionState.session, SessionState.version, SessionState.document
+    ).where(SessionState.session.in_([""] * count))
+)
+_UPSERT_STATES = RowsQuery(
+    lambda count: (
+        SessionState.insert_many(
+            [("", 0, "", _EPOCH)] * count,
+            fields=[
+                SessionState.session,
+                SessionState.version,
+                SessionState.document,
+                SessionState.updated_at,
+            ],
+        )
+        .on_conflict(
+            conflict_target=[SessionState.session],
+            update={
+                SessionState.version: peewee.EXCLUDED.version,
+                SessionState.document: peewee.EXCLUDED.document,
+                SessionState.updated_at: peewee.EXCLUDED.updated_at,
+            },
+        )
+        .returning()
     )
 )
-_INSERT_STATE = PreparedQuery(
-    lambda: SessionState.insert(session="", version=0, document="", updated_at=_EPOCH)
-)
-_UPDATE_STATE = PreparedQuery(
-    lambda: SessionState.update(version=0, document="", updated_at=_EPOCH).where(
-        SessionState.session == ""
-    )
-)
-_INSERT_VERSION = PreparedQuery(
-    lambda: StateVersion.insert(
-        session="", version=0, document="", merge_patch="", created_at=_EPOCH
-    )
+_INSERT_VERSIONS = RowsQuery(
+    lambda count: StateVersion.insert_many(
+        [("", 0, "", "", _EPOCH)] * count,
+        fields=[
+            StateVersion.session,
+            StateVersion.version,
+            StateVersion.document,
+            StateVersion.merge_patch,
+            StateVersion.created_at,
+        ],
+    ).returning()
 )
 
 
