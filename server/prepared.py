@@ -56,17 +56,18 @@ class PreparedQuery:
 class RowsQuery:
     """A query over many rows at once, built once per row count and database.
 
-    ``build(count)`` returns the query with ``count`` rows (or keys) of
-    placeholder values. Rows are sent in chunks whose sizes are powers of
-    two up to ``MAX_ROWS``, so that each query has at most eight forms for
-    the driver to prepare and keep. One statement for many rows costs less
+    ``build(count)`` returns the query, or its SQL with the database's
+    placeholders, with ``count`` rows (or keys) of placeholder values. Rows
+    are sent in chunks whose sizes are powers of two up to ``MAX_ROWS``, so
+    that each query has at most eight forms for the driver to prepare and
+    keep. One statement for many rows costs less
     than one statement per row, and on SQLite the writer thread gives up the
     interpreter lock once per statement instead of once per row.
     """
 
     MAX_ROWS = 128
 
-    def __init__(self, build: Callable[[int], peewee.Query]) -> None:
+    def __init__(self, build: Callable[[int], peewee.Query | str]) -> None:
         self._build = build
         self._database: peewee.Database | None = None
         self._sql: dict[int, str] = {}
@@ -84,7 +85,9 @@ class RowsQuery:
             )
             sql = self._sql.get(count)
             if sql is None:
-                sql = self._sql[count] = self._build(count).sql()[0]
+                built = self._build(count)
+                sql = built if isinstance(built, str) else built.sql()[0]
+                self._sql[count] = sql
             yield sql, rows[start : start + count]
             start += count
 

@@ -27,7 +27,13 @@ import peewee
 from editstore.server import documents, requests, validation
 from editstore.server.errors import Conflict, InvalidArgument, NotFound, StoreError
 from editstore.server.events import StateChanged
-from editstore.server.models import Session, SessionState, StateVersion, utc_now
+from editstore.server.models import (
+    Session,
+    SessionState,
+    StateVersion,
+    database_proxy,
+    utc_now,
+)
 from editstore.server.pgnotify import notify_all
 from editstore.server.prepared import PreparedQuery, RowsQuery
 
@@ -281,7 +287,11 @@ def _load(session_ids: list[str]) -> dict[str, _Session | None]:
         rows = [(row[0], row[1], row[2]) for row in _CURRENT_STATES.select(ordered)]
         rows += [(key, None, None) for key in found - {row[0] for row in rows}]
     else:
-        rows = _SESSIONS_AND_STATES.select(session_ids)
+        rows = [
+            member
+            for (members,) in _SESSIONS_AND_STATES.select(session_ids)
+            for member in json.loads(members)
+        ]
     sessions: dict[str, _Session | None] = dict.fromkeys(session_ids)
     for session_id, version, text in rows:
         if version is None:
@@ -392,13 +402,15 @@ def _store(
     # SNAPSHOT_EVERY, down to the newest whole document that the oldest kept
     # version is rebuilt from. The table so keeps up to about 2 *
     # SNAPSHOT_EVERY versions more than state_history, and readers skip them.
+    pruned = []
     for session_id, session in sessions.items():
         first_kept = session.version - state_history + 1
         passed_multiple = (
             session.version // SNAPSHOT_EVERY != session.first_version // SNAPSHOT_EVERY
         )
         if first_kept > 1 and passed_multiple:
-            _PRUNE_VERSIONS.execute([session_id, session_id, first_kept, ""])
+            pruned.append((session_id, first_kept))
+    _PRUNE_VERSIONS.execute(pruned)
     # Daemons that hear of a version read every version they missed, so the
     # newest version of each session is enough.
     notify_all(
@@ -477,9 +489,16 @@ def _lock_query(count: int) -> peewee.Query:
 
 
 def _sessions_and_states_query(count: int) -> peewee.Query:
-    """Select sessions and their current documents, if any, in one query."""
+    """Select sessions and their current documents, if any, as one row: a
+    JSON array of [id, version, document] arrays."""
+    # One row, because the sqlite3 module gives up the interpreter lock for
+    # every row it steps to, and under load the writer thread then waits for
+    # the event loop to give the lock back.
+    member = peewee.fn.json_array(
+        Session.id, SessionState.version, SessionState.document
+    )
     return (
-        Session.select(Session.id, SessionState.version, SessionState.document)
+        Session.select(peewee.fn.json_group_array(member))
         .join(
             SessionState,
             peewee.JOIN.LEFT_OUTER,
@@ -543,8 +562,24 @@ def _base_version_query() -> peewee.Query:
 
 
 _BASE_VERSION = PreparedQuery(_base_version_query)
-_PRUNE_VERSIONS = PreparedQuery(
-    lambda: StateVersion.delete().where(
-        (StateVersion.session == "") & (StateVersion.version < _base_version_query())
+
+
+def _prune_versions_sql(count: int) -> str:
+    """Return the SQL that deletes, for each of ``count`` (session id, first
+    kept version) pairs, the session's versions older than the newest whole
+    document at or before its first kept version."""
+    param = database_proxy.obj.param
+    pairs = ", ".join([f"({param}, {param})"] * count)
+    return (
+        f"WITH pruned (session_id, first_kept) AS (VALUES {pairs}) "
+        'DELETE FROM "state_versions" WHERE "id" IN ('
+        'SELECT "v"."id" FROM "state_versions" AS "v" '
+        'JOIN pruned ON "v"."session_id" = pruned.session_id '
+        'WHERE "v"."version" < ('
+        'SELECT MAX("b"."version") FROM "state_versions" AS "b" '
+        'WHERE "b"."session_id" = pruned.session_id '
+        'AND "b"."version" <= pruned.first_kept AND "b"."document" != \'\'))'
     )
-)
+
+
+_PRUNE_VERSIONS = RowsQuery(_prune_versions_sql)
