@@ -95,4 +95,5 @@ def format_table(figures: list[Figure]) -> str:
 
 
 def write_json(figures: list[Figure], path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([figure.to_json() for figure in figures], indent=2))

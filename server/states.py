@@ -283,15 +283,14 @@ def _load(session_ids: list[str]) -> dict[str, _Session | None]:
         # transaction holding its lock, if any, has committed. Locking in the
         # order of the ids keeps two daemons from waiting on each other.
         ordered = sorted(session_ids)
-        found = {row[0] for row in _LOCK_SESSIONS.select(ordered)}
-        rows = [(row[0], row[1], row[2]) for row in _CURRENT_STATES.select(ordered)]
+        found = {row[0] for row in _LOCK_SESSIONS.select(ordered, _NO_SESSION)}
+        rows = [
+            (row[0], row[1], row[2])
+            for row in _CURRENT_STATES.select(ordered, _NO_SESSION)
+        ]
         rows += [(key, None, None) for key in found - {row[0] for row in rows}]
     else:
-        rows = [
-            member
-            for (members,) in _SESSIONS_AND_STATES.select(session_ids)
-            for member in json.loads(members)
-        ]
+        rows = _SESSIONS_AND_STATES.select(session_ids, _NO_SESSION)
     sessions: dict[str, _Session | None] = dict.fromkeys(session_ids)
     for session_id, version, text in rows:
         if version is None:
@@ -489,16 +488,9 @@ def _lock_query(count: int) -> peewee.Query:
 
 
 def _sessions_and_states_query(count: int) -> peewee.Query:
-    """Select sessions and their current documents, if any, as one row: a
-    JSON array of [id, version, document] arrays."""
-    # One row, because the sqlite3 module gives up the interpreter lock for
-    # every row it steps to, and under load the writer thread then waits for
-    # the event loop to give the lock back.
-    member = peewee.fn.json_array(
-        Session.id, SessionState.version, SessionState.document
-    )
+    """Select sessions and their current documents, if any, in one query."""
     return (
-        Session.select(peewee.fn.json_group_array(member))
+        Session.select(Session.id, SessionState.version, SessionState.document)
         .join(
             SessionState,
             peewee.JOIN.LEFT_OUTER,
@@ -509,6 +501,9 @@ def _sessions_and_states_query(count: int) -> peewee.Query:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
+# No session has an empty id (``validation.identifier`` rejects it), so it
+# pads a list of session ids without matching a row.
+_NO_SESSION = ""
 _LOCK_SESSIONS = RowsQuery(_lock_query)
 _SESSIONS_AND_STATES = RowsQuery(_sessions_and_states_query)
 _CURRENT_STATES = RowsQuery(

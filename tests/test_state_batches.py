@@ -1,10 +1,10 @@
 """State changes that share one writer batch.
 
-The writer runs the state changes of a batch together: one read of each
-session, changes applied in memory, one write per session and one row per
-version. These tests queue changes before the writer starts, so that they
-land in one batch, and check what is stored against applying them one at a
-time.
+The writer runs the state changes of a batch together: one read of its
+sessions, changes applied in memory, then one statement for the documents
+and one for the version rows (in chunks of at most 128 rows). These tests
+queue changes before the writer starts, so that they land in one batch, and
+check what is stored against applying them one at a time.
 """
 
 from __future__ import annotations
@@ -261,3 +261,35 @@ def test_pruning_keeps_base_of_oldest_version(
     # The oldest row left contains a whole document, so the rest can be rebuilt.
     assert remaining_rows.order_by(StateVersion.version).first().document != ""
     assert remaining_rows.where(StateVersion.document == "").count() > 0
+
+
+def test_batch_over_many_sessions_writes_and_prunes_each(
+    database: peewee.Database,
+) -> None:
+    # 200 sessions take more than the largest statement chunk of 128 rows.
+    sessions = [new_session(database) for _ in range(200)]
+    missing = str(uuid.uuid4())
+    for step in range(1, 21):
+        operations = [
+            patch(session_id, {"step": step, "index": index})
+            for index, session_id in enumerate(sessions)
+        ]
+        operations.insert(100, patch(missing, {"step": step}))
+        outcomes, _, writer = run_in_one_batch(database, operations)
+        database.connect(reuse_if_open=True)
+
+        assert writer.batches == 1
+        failed = outcomes.pop(100)
+        assert not failed[0]
+        assert isinstance(failed[1], errors.NotFound)
+        assert [value["version"] for _, value in outcomes] == [step] * 200
+
+    for index, session_id in enumerate(sessions):
+        visible = stored_versions(database, session_id)
+        assert [version for version, _, _ in visible] == [16, 17, 18, 19, 20]
+        assert [document for _, document, _ in visible] == [
+            {"step": step, "index": index} for step in range(16, 21)
+        ]
+    # Each row holds its whole document (the patch is as long as it), so the
+    # batch that reached version 16 pruned every session down to version 12.
+    assert StateVersion.select().count() == 200 * len(range(12, 21))
