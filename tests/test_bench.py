@@ -7,6 +7,7 @@ the tests are shared and noisy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
@@ -14,6 +15,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import fresh_postgres_database
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -76,15 +79,21 @@ def test_every_benchmark_produces_figures(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_write_floor_prints_each_batch_size() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.floor", "--updates", "256"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_write_floor_prints_each_batch_size(kind: str) -> None:
+    command = [sys.executable, "-m", "bench.floor", "--updates", "256"]
+    with contextlib.ExitStack() as stack:
+        if kind == "postgres":
+            # The floor creates its scratch database through this one.
+            command += ["--postgres", stack.enter_context(fresh_postgres_database())]
+        completed = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=280,
+            check=False,
+        )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = completed.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [
