@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import pathlib
 import sys
+from typing import Any
 
 from editstore.server import config
 
@@ -91,12 +93,48 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_pem(flag: str, path: str | None) -> bytes | None:
+    """Return the bytes of a PEM file named by ``flag``, None when not given."""
+    if not path:
+        return None
+    try:
+        return pathlib.Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: {error.strerror or error}") from error
+
+
+def _health_channel(args: argparse.Namespace) -> Any:
+    """Open a plaintext channel, or a TLS one when --tls-ca is given."""
+    import grpc
+
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise ValueError("--tls-cert and --tls-key need --tls-ca")
+        return grpc.insecure_channel(args.address)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key must be given together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem("--tls-ca", args.tls_ca),
+        private_key=_read_pem("--tls-key", args.tls_key),
+        certificate_chain=_read_pem("--tls-cert", args.tls_cert),
+    )
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(args.address, credentials, options=options)
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with grpc.insecure_channel(args.address) as channel:
+        channel = _health_channel(args)
+    except ValueError as error:
+        print(f"editstore health: {error}", file=sys.stderr)
+        return 2
+    try:
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service),
                 timeout=args.timeout,
@@ -157,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default 5)"
+    )
+    health.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA bundle that signed the daemon's certificate; connects with TLS",
+    )
+    health.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM client certificate, for a daemon started with --tls-client-ca",
+    )
+    health.add_argument(
+        "--tls-key", metavar="FILE", help="PEM private key of --tls-cert"
+    )
+    health.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="name to check the daemon's certificate against, when it differs "
+        "from the host of --address",
     )
     health.set_defaults(handler=_health)
 

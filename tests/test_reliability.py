@@ -423,8 +423,10 @@ class TlsDaemon(Daemon):
             time.sleep(0.05)
 
 
-@pytest.mark.timeout(60)
-def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
+def start_mutual_tls_daemon(
+    tmp_path: pathlib.Path,
+) -> tuple[TlsDaemon, dict[str, pathlib.Path]]:
+    """Start a daemon that requires TLS client certificates from a test CA."""
     folder = tmp_path / "certs"
     folder.mkdir()
     files = make_certificates(folder)
@@ -442,6 +444,12 @@ def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
         ],
     )
     daemon.start()
+    return daemon, files
+
+
+@pytest.mark.timeout(60)
+def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
+    daemon, files = start_mutual_tls_daemon(tmp_path)
     ca = files["ca.pem"].read_bytes()
     request = pb.CreateSessionRequest(
         session=pb.Session(image_path="/a.jpg", naive_prompt="x")
@@ -472,6 +480,59 @@ def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
                 request, timeout=5
             )
     daemon.stop()
+
+
+def health(address: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Run ``editstore health`` against ``address`` with extra flags."""
+    return subprocess.run(
+        [sys.executable, "-m", "editstore.server", "health", "--address", address]
+        + ["--timeout", "3", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_health_command_over_mutual_tls(tmp_path: pathlib.Path) -> None:
+    daemon, files = start_mutual_tls_daemon(tmp_path)
+    ca = ["--tls-ca", str(files["ca.pem"])]
+    client = [
+        "--tls-cert",
+        str(files["client.pem"]),
+        "--tls-key",
+        str(files["client.key"]),
+    ]
+    try:
+        serving = health(daemon.address, *ca, *client)
+        assert serving.returncode == 0, serving.stderr
+        assert "SERVING" in serving.stdout
+
+        named = health(daemon.address, *ca, *client, "--tls-server-name", "localhost")
+        assert named.returncode == 0, named.stderr
+
+        wrong_name = health(
+            daemon.address, *ca, *client, "--tls-server-name", "other.example"
+        )
+        assert wrong_name.returncode == 1
+        assert "UNAVAILABLE" in wrong_name.stderr
+
+        without_client_cert = health(daemon.address, *ca)
+        assert without_client_cert.returncode == 1
+
+        plaintext = health(daemon.address)
+        assert plaintext.returncode == 1
+
+        missing = health(daemon.address, "--tls-ca", str(tmp_path / "missing.pem"))
+        assert missing.returncode == 2
+        assert "--tls-ca" in missing.stderr
+        assert "No such file" in missing.stderr
+
+        half = health(daemon.address, *ca, "--tls-cert", str(files["client.pem"]))
+        assert half.returncode == 2
+        assert "--tls-key" in half.stderr
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.timeout(60)
