@@ -208,10 +208,12 @@ class StateServicer:
                 reader.cancel()
                 # Updates read but not acknowledged have no one to tell:
                 # cancelling them lets the writer skip them.
+                unacknowledged = []
                 while not pending.empty():
                     item = pending.get_nowait()
                     if item is not None:
-                        item[1].cancel()
+                        unacknowledged.append(item[1])
+                self._writer.cancel_all(unacknowledged)
 
     async def _read_updates(
         self,

@@ -163,6 +163,18 @@ class Writer:
         self._handover.append(_Request(operation, loop, future))
         return future
 
+    def cancel_all(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Cancel the futures of one caller's queued writes as one step.
+
+        The writer thread drops cancelled writes only when it takes a batch,
+        under the same lock. So it never applies a later update of a stream
+        while dropping an earlier one, and a client that sends its
+        unacknowledged updates again applies them in their order.
+        """
+        with self._condition:
+            for future in futures:
+                future.cancel()
+
     def _hand_over(self) -> None:
         requests, self._handover = self._handover, []
         with self._condition:
@@ -200,11 +212,14 @@ class Writer:
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
                     late = self._past_deadline()
-                # A caller that went away (a cancelled call or stream) is not
-                # waiting for its write, so it is dropped rather than applied.
-                waiting = [
-                    request for request in batch if not request.future.cancelled()
-                ]
+                    # A caller that went away (a cancelled call or stream) is
+                    # not waiting for its write, so it is dropped rather than
+                    # applied. This is decided under the lock that
+                    # ``cancel_all`` takes, so a stream's queued updates are
+                    # dropped all together or not at all.
+                    waiting = [
+                        request for request in batch if not request.future.cancelled()
+                    ]
                 if late:
                     logger.warning("dropped %d queued writes at shutdown", len(waiting))
                     self._fail(waiting, errors.Unavailable("the daemon stopped first"))
@@ -261,7 +276,7 @@ class Writer:
             index = 0
             while index < len(batch):
                 request = batch[index]
-                if request.future.cancelled() or self._past_deadline():
+                if self._past_deadline():
                     outcomes.append(
                         (False, errors.Unavailable("the daemon stopped first"))
                     )
@@ -273,9 +288,9 @@ class Writer:
                     index += 1
                     continue
                 end = index + 1
-                while end < len(batch) and (
-                    _run_together_of(batch[end].operation) is together
-                    and not batch[end].future.cancelled()
+                while (
+                    end < len(batch)
+                    and _run_together_of(batch[end].operation) is together
                 ):
                     end += 1
                 operations = [request.operation for request in batch[index:end]]

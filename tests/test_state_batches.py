@@ -9,7 +9,9 @@ check what is stored against applying them one at a time.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -293,3 +295,61 @@ def test_batch_over_many_sessions_writes_and_prunes_each(
     # Each row holds its whole document (the patch is as long as it), so the
     # batch that reached version 16 pruned every session down to version 12.
     assert StateVersion.select().count() == 200 * len(range(12, 21))
+
+
+def run_with_blocker(
+    database: peewee.Database, before_start: int, session_id: str
+) -> None:
+    """Queue a blocking write and two patches of ``session_id``, then cancel
+    the patches while the blocking write runs.
+
+    The first ``before_start`` patches are queued before the writer starts,
+    so that they share the blocking write's batch; the others are queued
+    while it blocks, for the next batch.
+    """
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocker(events: list[Any]) -> None:
+        started.set()
+        release.wait(10)
+
+    async def scenario() -> None:
+        writer = Writer(database)
+        patches = [patch(session_id, {"step": step}) for step in (1, 2)]
+        futures = [writer.enqueue(blocker)]
+        futures += [writer.enqueue(change) for change in patches[:before_start]]
+        await asyncio.sleep(0)
+        writer.start()
+        assert await asyncio.to_thread(started.wait, 10)
+        futures += [writer.enqueue(change) for change in patches[before_start:]]
+        await asyncio.sleep(0)
+        writer.cancel_all(futures[1:])
+        release.set()
+        await asyncio.to_thread(writer.stop, 30)
+
+    asyncio.run(scenario())
+    database.connect(reuse_if_open=True)
+
+
+def test_cancelled_updates_in_taken_batch_apply_in_order(
+    database: peewee.Database,
+) -> None:
+    # Both patches were in the batch when they were cancelled: the writer
+    # applies them both, so a resent update never lands before an older one.
+    session_id = new_session(database)
+    run_with_blocker(database, before_start=2, session_id=session_id)
+
+    current = SessionState.get(SessionState.session == session_id)
+    assert current.version == 2
+    assert json.loads(current.document) == {"step": 2}
+
+
+def test_cancelled_updates_still_queued_are_all_dropped(
+    database: peewee.Database,
+) -> None:
+    session_id = new_session(database)
+    run_with_blocker(database, before_start=0, session_id=session_id)
+
+    assert SessionState.get_or_none(SessionState.session == session_id) is None
+    assert stored_versions(database, session_id) == []
