@@ -48,6 +48,11 @@ class _Parser:
 async def _abort(
     context: grpc.aio.ServicerContext, method: str, error: BaseException
 ) -> None:
+    if context.done():
+        # The client cancelled or the deadline passed: no status can reach
+        # it, and errors raised by writing to the ended call are expected.
+        logger.debug("%s ended before its error was sent: %r", method, error)
+        return
     if isinstance(error, errors.StoreError):
         code = code_of(error)
         logger.debug("%s failed with %s: %s", method, code.name, error)
