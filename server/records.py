@@ -201,8 +201,9 @@ def update_session(session_id: str, changes: Row, expected_etag: str) -> Operati
         current = session_row(session)
         if expected_etag and expected_etag != current["etag"]:
             raise Conflict(
-                f"session {session_id} changed since it was read: etag is "
-                f"{current['etag']}, the request expected {expected_etag}"
+                f"session {session_id} changed since it was read: its etag is "
+                f"{current['etag']}, the request's etag is {expected_etag}; "
+                "read the session and retry"
             )
         new_status = changes.get("status", session.status)
         if session.status in TERMINAL_STATUSES and new_status != session.status:

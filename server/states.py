@@ -341,8 +341,8 @@ def run_together(
                     False,
                     Conflict(
                         f"state of session {session_id} is at version "
-                        f"{session.version}, but the request expected version "
-                        f"{expected}"
+                        f"{session.version}, but expected_version is "
+                        f"{expected}; read the state and retry"
                     ),
                 )
             )

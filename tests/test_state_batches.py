@@ -110,7 +110,7 @@ def test_failed_changes_in_a_batch_leave_no_trace(database: peewee.Database) -> 
         True,
     ]
     assert isinstance(outcomes[2][1], errors.Conflict)
-    assert "expected version 0" in str(outcomes[2][1])
+    assert "expected_version is 0" in str(outcomes[2][1])
     assert isinstance(outcomes[3][1], errors.ResourceExhausted)
     assert isinstance(outcomes[4][1], errors.NotFound)
     assert [value["version"] for ok, value in outcomes if ok] == [1, 1, 2, 3, 4, 2]

@@ -195,7 +195,7 @@ def test_put_state_with_stale_expected_version_is_aborted(client: Client) -> Non
 
     assert error.code() == grpc.StatusCode.ABORTED
     assert "version 2" in error.details()
-    assert "version 1" in error.details()
+    assert "expected_version is 1" in error.details()
     current = client.get(session_id)
     assert current.version == 2
     assert parsed(current) == {"step": 2}
@@ -283,7 +283,7 @@ def test_patch_state_with_expected_version(client: Client) -> None:
     assert applied.version == 2
     assert error.code() == grpc.StatusCode.ABORTED
     assert "version 2" in error.details()
-    assert "version 1" in error.details()
+    assert "expected_version is 1" in error.details()
     current = client.get(session_id)
     assert current.version == 2
     assert parsed(current) == {"a": 1, "b": 2}

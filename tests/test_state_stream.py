@@ -144,7 +144,7 @@ def test_update_stream_reports_failed_update_and_goes_on(
     assert "merge_patch_json" in acks[1].message
     assert missing in acks[2].message
     assert "version 1" in acks[3].message
-    assert "version 7" in acks[3].message
+    assert "expected_version is 7" in acks[3].message
     assert "document_json or merge_patch_json" in acks[4].message
     assert "document_json" in acks[5].message
     assert "4096" in acks[6].message

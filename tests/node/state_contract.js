@@ -153,7 +153,7 @@ async function main(address) {
   );
   assert.equal(stale.code, grpc.status.ABORTED);
   assert.match(stale.details, /version 1/);
-  assert.match(stale.details, /version 0/);
+  assert.match(stale.details, /expected_version is 0/);
   ok("PutState with a stale expected_version is ABORTED naming both versions");
 
   const nan = await rejected(
