@@ -100,7 +100,8 @@ def _read_pem(flag: str, path: str | None) -> bytes | None:
     try:
         return pathlib.Path(path).read_bytes()
     except OSError as error:
-        raise ValueError(f"{flag} {path}: {error.strerror or error}") from error
+        reason = error.strerror or error
+        raise ValueError(f"cannot read {flag} {path}: {reason}") from error
 
 
 def _health_channel(args: argparse.Namespace) -> Any:

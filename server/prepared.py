@@ -40,14 +40,6 @@ class PreparedQuery:
         database = self._prepare()
         return database.execute_sql(self._sql, list(params))
 
-    def execute_many(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Run the query once for each row of parameters, in one driver call."""
-        database = self._prepare()
-        # Peewee's execute_sql turns driver errors into peewee errors with
-        # this context manager; executemany has no such wrapper of its own.
-        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-            database.cursor().executemany(self._sql, rows)
-
     def first(self, params: Sequence[Any]) -> tuple[Any, ...] | None:
         """Run the query and return its first row."""
         return self.execute(params).fetchone()

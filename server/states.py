@@ -204,7 +204,7 @@ class StateChange:
     The stored documents of the batch's sessions are read in one statement,
     and every change is applied to its document in memory in order. The new
     documents are then written in one statement and the version rows in
-    another (each split into chunks of at most ``RowsQuery.MAX_ROWS`` rows).
+    another (each split into chunks of at most 128 rows, ``RowsQuery``).
     A change that fails (a conflict,
     a document over the limit) is skipped before anything is written, so it
     leaves no trace and needs no savepoint.
@@ -284,10 +284,7 @@ def _load(session_ids: list[str]) -> dict[str, _Session | None]:
         # order of the ids keeps two daemons from waiting on each other.
         ordered = sorted(session_ids)
         found = {row[0] for row in _LOCK_SESSIONS.select(ordered, _NO_SESSION)}
-        rows = [
-            (row[0], row[1], row[2])
-            for row in _CURRENT_STATES.select(ordered, _NO_SESSION)
-        ]
+        rows = _CURRENT_STATES.select(ordered, _NO_SESSION)
         rows += [(key, None, None) for key in found - {row[0] for row in rows}]
     else:
         rows = _SESSIONS_AND_STATES.select(session_ids, _NO_SESSION)
@@ -397,6 +394,7 @@ def _store(
                 session_id, session.text, session.document, session.fragments
             )
     _INSERT_VERSIONS.execute(rows)
+
     # Versions are pruned each time a session passes a multiple of
     # SNAPSHOT_EVERY, down to the newest whole document that the oldest kept
     # version is rebuilt from. The table so keeps up to about 2 *
@@ -410,6 +408,7 @@ def _store(
         if first_kept > 1 and passed_multiple:
             pruned.append((session_id, first_kept))
     _PRUNE_VERSIONS.execute(pruned)
+
     # Daemons that hear of a version read every version they missed, so the
     # newest version of each session is enough.
     notify_all(

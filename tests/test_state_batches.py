@@ -292,7 +292,7 @@ def test_batch_over_many_sessions_writes_and_prunes_each(
         assert [document for _, document, _ in visible] == [
             {"step": step, "index": index} for step in range(16, 21)
         ]
-    # Each row holds its whole document (the patch is as long as it), so the
+    # Each row contains its whole document (the patch is as long as it), so the
     # batch that reached version 16 pruned every session down to version 12.
     assert StateVersion.select().count() == 200 * len(range(12, 21))
 
@@ -304,8 +304,8 @@ def run_with_blocker(
     the patches while the blocking write runs.
 
     The first ``before_start`` patches are queued before the writer starts,
-    so that they share the blocking write's batch; the others are queued
-    while it blocks, for the next batch.
+    so that they share the blocking write's batch. The others are queued
+    while it blocks, so they go to the next batch.
     """
     started = threading.Event()
     release = threading.Event()
