@@ -31,7 +31,7 @@ from editstore.server.readers import Readers
 from editstore.server.session_servicer import SessionServicer
 from editstore.server.state_servicer import StateServicer, StreamSlots
 from editstore.server.watch import StateHint, WatchHub
-from editstore.server.writer import Writer
+from editstore.server.writer import LoopWriter, Writer
 from editstore.v1 import session_pb2, state_pb2
 
 logger = logging.getLogger(__name__)
@@ -114,10 +114,18 @@ class Daemon:
             None, self._prepare_schema, database, settings.migrate
         )
 
-        def on_commit(events: list[Any]) -> None:
-            loop.call_soon_threadsafe(self._hub.publish, events)
+        if isinstance(database, peewee.SqliteDatabase):
+            # Commits end on the event loop's thread (``LoopWriter``).
+            def on_commit(events: list[Any]) -> None:
+                loop.call_soon(self._hub.publish, events)
 
-        self._writer = Writer(database, on_commit)
+            self._writer = LoopWriter(database, on_commit)
+        else:
+
+            def on_commit(events: list[Any]) -> None:
+                loop.call_soon_threadsafe(self._hub.publish, events)
+
+            self._writer = Writer(database, on_commit)
         self._writer.start()
         self._prune_task = asyncio.create_task(self._prune_request_ids())
         self._readers = Readers(database, settings.reader_threads)

@@ -203,6 +203,60 @@ def test_database_quota_answers_resource_exhausted(tmp_path: pathlib.Path) -> No
     daemon.stop()
 
 
+def test_write_lock_held_elsewhere_delays_writes_not_reads(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Another process holding the SQLite write lock stalls writes only.
+
+    The daemon's statements run on its event loop; while a tool holds the
+    file's write lock, reads and the health check must still be answered,
+    and the waiting write must commit once the lock is released.
+    """
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    daemon = Daemon(url, free_port(), tmp_path / "daemon.log")
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    try:
+        session_id = new_session(sessions)
+        states.PatchState(
+            state_pb2.PatchStateRequest(
+                session_id=session_id, merge_patch_json='{"step": 1}'
+            ),
+            timeout=10,
+        )
+        other = sqlite3.connect(sqlite_file(url), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            pending = states.PatchState.future(
+                state_pb2.PatchStateRequest(
+                    session_id=session_id, merge_patch_json='{"step": 2}'
+                ),
+                timeout=20,
+            )
+            reads = 0
+            for _ in range(20):
+                reply = states.GetState(
+                    state_pb2.GetStateRequest(session_id=session_id), timeout=10
+                )
+                assert json.loads(reply.document_json)["step"] == 1
+                sessions.GetSession(pb.GetSessionRequest(id=session_id), timeout=10)
+                reads += 1
+            assert not pending.done()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert reads == 20
+        assert pending.result().version == 2
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=session_id), timeout=10
+        )
+        assert json.loads(reply.document_json)["step"] == 2
+    finally:
+        channel.close()
+        daemon.stop()
+    assert integrity(url) == "ok"
+
+
 @pytest.fixture
 def small_disk(tmp_path: pathlib.Path):
     mount_point = tmp_path / "small-disk"
