@@ -120,7 +120,7 @@ FEEDBACK_FIELDS = ("id", "feedback_type", "comments", "rating", "created_at")
 def _require_session(session_id: str) -> Session:
     session = Session.get_or_none(Session.id == session_id)
     if session is None:
-        raise NotFound(f"session {session_id} not found")
+        raise NotFound(f"session {session_id!r} not found")
     return session
 
 
@@ -131,7 +131,7 @@ def _lock_session(session_id: str) -> Session:
         query = query.for_update()
     session = query.get_or_none()
     if session is None:
-        raise NotFound(f"session {session_id} not found")
+        raise NotFound(f"session {session_id!r} not found")
     return session
 
 
@@ -201,14 +201,14 @@ def update_session(session_id: str, changes: Row, expected_etag: str) -> Operati
         current = session_row(session)
         if expected_etag and expected_etag != current["etag"]:
             raise Conflict(
-                f"session {session_id} changed since it was read: its etag is "
+                f"session {session_id!r} changed since it was read: its etag is "
                 f"{current['etag']}, the request's etag is {expected_etag}; "
                 "read the session and retry"
             )
         new_status = changes.get("status", session.status)
         if session.status in TERMINAL_STATUSES and new_status != session.status:
             raise FailedPrecondition(
-                f"session {session_id} is {session.status} and can not become "
+                f"session {session_id!r} is {session.status} and can not become "
                 f"{new_status}; a finished session keeps its status"
             )
         Session.update(**changes).where(Session.id == session_id).execute()
@@ -380,7 +380,7 @@ def create_prompt(session_id: str, fields: Row, request_id: str) -> Operation:
         if used is not None:
             raise AlreadyExists(
                 f"prompt iteration {fields['iteration']} already exists in "
-                f"session {session_id}"
+                f"session {session_id!r}"
             )
         prompt = Prompt.create(session=session_id, created_at=utc_now(), **fields)
         return _row(prompt, PROMPT_FIELDS)
@@ -438,7 +438,7 @@ def create_entities(session_id: str, entities: list[Row], request_id: str) -> Op
         taken = [entity.entity_id for entity in used]
         if taken:
             raise AlreadyExists(
-                f"entity_id {taken[0]!r} already exists in session {session_id}"
+                f"entity_id {taken[0]!r} already exists in session {session_id!r}"
             )
         stored = []
         for fields in rows:

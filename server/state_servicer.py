@@ -280,7 +280,7 @@ class StateServicer:
         if from_version > current_version:
             raise errors.InvalidArgument(
                 f"from_version {from_version} is ahead of the current version "
-                f"{current_version} of session {session_id}"
+                f"{current_version} of session {session_id!r}"
             )
         if from_version == 0:
             await send(self._snapshot(session_id, current))

@@ -60,7 +60,7 @@ def get_state(session_id: str) -> StateChanged | None:
     state = SessionState.get_or_none(SessionState.session == session_id)
     if state is None:
         if Session.get_or_none(Session.id == session_id) is None:
-            raise NotFound(f"session {session_id} not found")
+            raise NotFound(f"session {session_id!r} not found")
         return None
     return StateChanged(
         session_id, state.version, state.document, None, state.updated_at
@@ -92,7 +92,7 @@ def list_versions(
             f"page_size must be between 0 and {MAX_VERSIONS_PAGE}, got {page_size}"
         )
     if Session.get_or_none(Session.id == session_id) is None:
-        raise NotFound(f"session {session_id} not found")
+        raise NotFound(f"session {session_id!r} not found")
     first_kept = 1
     if state_history:
         state = SessionState.get_or_none(SessionState.session == session_id)
@@ -329,7 +329,7 @@ def run_together(
         session_id = change.session_id
         session = sessions[session_id]
         if session is None:
-            outcomes.append((False, NotFound(f"session {session_id} not found")))
+            outcomes.append((False, NotFound(f"session {session_id!r} not found")))
             continue
         expected = change.expected_version
         if expected is not None and expected != session.version:
@@ -337,7 +337,7 @@ def run_together(
                 (
                     False,
                     Conflict(
-                        f"state of session {session_id} is at version "
+                        f"state of session {session_id!r} is at version "
                         f"{session.version}, but expected_version is "
                         f"{expected}; read the state and retry"
                     ),

@@ -160,6 +160,25 @@ def test_state_calls_on_missing_session_are_not_found(client: Client) -> None:
         assert missing in error.details()
 
 
+def test_missing_session_id_quoted_in_error(client: Client) -> None:
+    """An id that reads like a word is quoted, so the message is unambiguous."""
+    states = client.states
+    for session_id in ("null", "a b", "not"):
+        error = rpc_error(
+            states.PatchState,
+            state_pb2.PatchStateRequest(session_id=session_id, merge_patch_json="{}"),
+            timeout=10,
+        )
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert f"session {session_id!r} not found" in error.details()
+        error = rpc_error(
+            states.GetState,
+            state_pb2.GetStateRequest(session_id=session_id),
+            timeout=10,
+        )
+        assert f"session {session_id!r} not found" in error.details()
+
+
 def test_put_state_gives_each_write_the_next_version(client: Client) -> None:
     session_id = client.create_session()
 
