@@ -448,7 +448,8 @@ class ParsedDocuments:
             entry = self._entries.get(session_id)
         if entry is not None and entry[0] == text:
             return entry[1], entry[2]
-        document: dict[str, Any] = json.loads(text)
+        with documents.collection_paused(len(text)):
+            document: dict[str, Any] = json.loads(text)
         return document, None
 
     def remember(

@@ -8,6 +8,7 @@ exact form matters.
 
 from __future__ import annotations
 
+import gc
 import json
 import pathlib
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from editstore.server import documents
 from editstore.v1 import session_pb2, session_pb2_grpc, state_pb2, state_pb2_grpc
 from tests.conftest import module_daemon
 from tests.daemon import Daemon, free_port
@@ -1034,3 +1036,22 @@ def test_writers_patching_different_keys_lose_no_change(shared_daemon: Daemon) -
         for index in range(per_writer):
             assert document[f"{name}-{index}"] == index
     assert document["start"] is True
+
+
+def test_large_parse_leaves_collector_enabled() -> None:
+    """The collector paused for a large document runs again afterwards."""
+    members = {f"k{number}": [number, {"a": "v" * 20}] for number in range(5000)}
+    text = json.dumps(members)
+    assert len(text) >= documents.GC_PAUSE_BYTES
+    assert documents.parse_object(text, "document_json") == members
+    assert gc.isenabled()
+    broken = text[:-1] + ',"k0":1}'
+    with pytest.raises(documents.InvalidArgument, match="has the key 'k0' twice"):
+        documents.parse_object(broken, "document_json")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        documents.parse_object(text, "document_json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
