@@ -135,6 +135,11 @@ def _chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """Return the first error of the chain ``error`` ends (see ``_chain``)."""
+    return _chain(error)[-1]
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Return whether a database error means the disk or quota is full."""
     for link in _chain(error):

@@ -47,6 +47,7 @@ from editstore.server.database import (
     is_busy,
     is_disk_full,
     reset_if_broken,
+    root_cause,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,34 @@ class _Request:
         self.operation = operation
         self.loop = loop
         self.future = future
+
+
+class _RateLimitedLog:
+    """Log one line per interval; the lines dropped meanwhile are counted.
+
+    A full disk fails every write, and a line for each would flood the log.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._dropped += 1
+                return
+            dropped, self._dropped = self._dropped, 0
+            self._next = now + self._interval
+        if dropped:
+            message += f" ({dropped} similar failures in the last {self._interval:g} s)"
+        logger.warning(message, *args)
+
+
+_failures = _RateLimitedLog(5.0)
 
 
 def translate_database_error(
@@ -256,15 +285,15 @@ class Writer:
                 # The transaction failed as a whole (a full disk, a lost
                 # connection): retry each write alone so that only the
                 # writes that cannot commit fail.
-                logger.warning(
+                _failures.warning(
                     "batch of %d writes failed (%s); retrying each alone",
                     len(batch),
-                    error,
+                    root_cause(error),
                 )
                 for request in batch:
                     self._run_batch([request])
                 return
-            logger.warning("write failed: %s", error)
+            _failures.warning("write failed: %s", root_cause(error))
             outcomes, events = [(False, translate_database_error(error))], []
         self._answer(batch, outcomes, events)
 
@@ -274,7 +303,7 @@ class Writer:
         outcomes: list[tuple[bool, Any]],
         events: list[Any],
     ) -> None:
-        """Count a finished batch, answer its callers and publish its events."""
+        """Count a finished batch, resolve its callers' futures, publish its events."""
         self.batches += 1
         self.writes += len(batch)
         self._deliver(batch, outcomes)
@@ -378,9 +407,9 @@ class LoopWriter(Writer):
     releases the interpreter lock at every step of every statement and then
     waits for the event loop to release it again. A batch of 1 ms of work so
     took 4 to 7 ms, and its callers waited. Here the event loop runs a batch's
-    statements itself, which takes no hand-off, and only the ``COMMIT``,
-    where SQLite writes and flushes the log, runs on a thread: the loop goes
-    on serving calls meanwhile, and the next batch starts once the commit is
+    statements itself, which takes no hand-off. Only the ``COMMIT``, where
+    SQLite writes and flushes the log, runs on a thread. The loop goes on
+    serving calls meanwhile, and the next batch starts once the commit is
     done. The guarantee is the same as ``Writer``'s: a caller's future
     resolves after its write's commit, and a failed batch is retried one
     write at a time (these retries commit on the event loop).
@@ -520,8 +549,11 @@ class LoopWriter(Writer):
         except BaseException as error:
             try:
                 transaction.__exit__(type(error), error, error.__traceback__)
-            except Exception:  # noqa: BLE001 - the rollback of a broken connection
-                logger.warning("rollback after a failed batch failed", exc_info=True)
+            except Exception as rollback_error:  # noqa: BLE001 - see below
+                # SQLite rolls back by itself on errors such as SQLITE_FULL, so
+                # the ROLLBACK then finds no transaction; the batch's own
+                # error is what matters and its writes are retried below.
+                logger.debug("rollback after a failed batch: %s", rollback_error)
             if not isinstance(error, Exception):
                 raise
             self._retry(batch)
@@ -591,7 +623,9 @@ class LoopWriter(Writer):
                 self._database.rollback()
             except Exception:  # noqa: BLE001 - SQLite may have rolled back already
                 pass
-            logger.warning("commit of %d writes failed (%s)", len(batch), error)
+            _failures.warning(
+                "commit of %d writes failed (%s)", len(batch), root_cause(error)
+            )
             self._retry(batch)
             return
         self._answer(batch, outcomes, events)
