@@ -263,3 +263,74 @@ def test_acknowledged_updates_survive_daemon_kill(daemon: Daemon) -> None:
         current = Client(channel).get(session_id)
     assert current.version == 200
     assert parsed(current) == {"step": 200}
+
+
+def merged(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7386), independently of the daemon's code."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged(result.get(key), value)
+    return result
+
+
+def test_stream_near_size_limit_keeps_every_version_exact(
+    channel: grpc.Channel,
+) -> None:
+    """Patches sent together reach the 4096-byte limit: each version is exact.
+
+    The update that would make the document too large fails alone, later
+    ones that fit (after a patch that removes members) apply, and the
+    history holds the document of every version.
+    """
+    client = Client(channel)
+    session_id = client.create_session()
+    patches: list[dict[str, Any]] = []
+    for step in range(70):
+        if step == 50:
+            patches.append({f"k{number}": None for number in range(12)})
+        else:
+            patches.append({f"k{step}": "é" * 40, "step": step})
+    updates = [
+        update(number + 1, session_id, patch=patch)
+        for number, patch in enumerate(patches)
+    ]
+
+    acks = stream(channel, updates)
+
+    codes = []
+    versions: list[dict[str, Any]] = []
+    document: dict[str, Any] = {}
+    for patch in patches:
+        candidate = merged(document, patch)
+        text = json.dumps(candidate, separators=(",", ":"), ensure_ascii=False)
+        if len(text.encode("utf-8")) <= 4096:
+            document = candidate
+            versions.append(document)
+            codes.append(OK)
+        else:
+            codes.append(RESOURCE_EXHAUSTED)
+    assert [ack.code for ack in acks] == codes
+    assert RESOURCE_EXHAUSTED in codes
+    assert codes[50:].count(OK) > 1
+    assert [ack.version for ack in acks if ack.code == OK] == list(
+        range(1, len(versions) + 1)
+    )
+    stub = state_pb2_grpc.StateServiceStub(channel)
+    history: list[dict[str, Any]] = []
+    while True:
+        page = stub.ListStateVersions(
+            state_pb2.ListStateVersionsRequest(
+                session_id=session_id, after_version=len(history), page_size=1000
+            ),
+            timeout=10,
+        ).versions
+        if not page:
+            break
+        history += [json.loads(state.document_json) for state in page]
+    assert history == versions
+    assert parsed(client.get(session_id)) == document
