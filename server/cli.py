@@ -22,12 +22,30 @@ from editstore.server import config
 logger = logging.getLogger(__name__)
 
 
+def _demote_unsent_response(record: logging.LogRecord) -> bool:
+    """Log grpcio's report of a response sent after its call ended at debug.
+
+    grpcio logs an ExecuteBatchError with a traceback at ERROR when a
+    handler's response can no longer be sent, because the client cancelled
+    or its deadline passed meanwhile. The client already has its status, so
+    nothing failed on the daemon's side.
+    """
+    if record.levelno == logging.ERROR and str(record.msg).startswith(
+        "ExecuteBatchError raised in core"
+    ):
+        record.levelno = logging.DEBUG
+        record.levelname = "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_demote_unsent_response)
 
 
 def _settings(args: argparse.Namespace) -> config.Settings | None:

@@ -246,3 +246,34 @@ def test_health_command_reports_serving(
         process.stop()
     stopped = run("health", "--address", process.address, "--timeout", "1")
     assert stopped.returncode != 0
+
+
+def test_unsent_response_error_logged_at_debug() -> None:
+    """grpcio's ExecuteBatchError after a call ended stays out of the log."""
+    script = """
+import logging
+from editstore.server import cli
+cli._configure_logging("info")
+grpc_logger = logging.getLogger("grpc._cython.cygrpc")
+grpc_logger.error("ExecuteBatchError raised in core by servicer method [/a/B]")
+grpc_logger.error("Unexpected error raised by servicer method [/a/B]")
+logging.getLogger("editstore").error("a real error")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "ExecuteBatchError" not in result.stderr
+    assert "Unexpected error raised by servicer method" in result.stderr
+    assert "a real error" in result.stderr
+    debug = subprocess.run(
+        [sys.executable, "-c", script.replace('"info"', '"debug"')],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "DEBUG grpc._cython.cygrpc: ExecuteBatchError" in debug.stderr
