@@ -151,9 +151,10 @@ class StateServicer:
     # The update stream
 
     def _start_update(
-        self, update: state_pb2.StreamStateUpdatesRequest
+        self, update: state_pb2.StreamStateUpdatesRequest, stream: object
     ) -> asyncio.Future[Any]:
-        """Queue one update on the writer; the future fails with its error."""
+        """Queue one update of ``stream`` on the writer; the future fails with
+        its error."""
         expected = _optional(update, "expected_version")
         change = update.WhichOneof("change")
         try:
@@ -177,7 +178,7 @@ class StateServicer:
                 raise errors.InvalidArgument(
                     "change is required: set document_json or merge_patch_json"
                 )
-            return self._writer.enqueue(operation)
+            return self._writer.enqueue(operation, source=stream)
         except errors.StoreError as error:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_exception(error)
@@ -238,7 +239,9 @@ class StateServicer:
             while (update := await requests.read()) is not None:
                 size = update.ByteSize()
                 await budget.acquire(size)
-                await pending.put((update.sequence, self._start_update(update), size))
+                await pending.put(
+                    (update.sequence, self._start_update(update, pending), size)
+                )
         finally:
             await pending.put(None)
 

@@ -36,6 +36,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,24 +59,35 @@ RunTogether = Callable[[list[Any], list[Any]], list[tuple[bool, Any]]]
 MAX_BATCH = 512
 # The event loop cannot serve calls while it runs a batch's statements, so
 # its batches are smaller. With 200 unary callers beside 64 busy streams
-# (two 20 s runs each), batches of 512 left the loop to the streams: 1,793
-# and 2,074 unary calls completed, against 3,736 and 3,819 with 128,
-# while the benchmark's stream rate did not change.
+# (two 20 s runs each), batches of 512 left the loop to the streams. Then
+# 1,793 and 2,074 unary calls completed, against 3,736 and 3,819 with 128.
+# The benchmark's stream rate did not change.
 LOOP_MAX_BATCH = 128
 
 
+# A retry that resends an update failed with UNAVAILABLE must not apply it
+# after later updates of the same stream.
+ORDER_BROKEN = (
+    "not applied: an earlier update on this stream failed with UNAVAILABLE; "
+    "resend the unacknowledged updates in order"
+)
+
+
 class _Request:
-    __slots__ = ("operation", "loop", "future")
+    __slots__ = ("operation", "loop", "future", "source")
 
     def __init__(
         self,
         operation: Operation[Any],
         loop: asyncio.AbstractEventLoop | None,
         future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        source: object = None,
     ) -> None:
         self.operation = operation
         self.loop = loop
         self.future = future
+        self.source = source
+        """The stream the request came from, whose requests apply in order."""
 
 
 class _RateLimitedLog:
@@ -167,6 +179,10 @@ class Writer:
         )
         self.batches = 0
         self.writes = 0
+        self._broken: weakref.WeakSet[object] = weakref.WeakSet()
+        """Sources with a write that failed with UNAVAILABLE: their later
+        writes fail too, so that a client resending the failed one applies
+        the stream in order. Entries go when the stream's object does."""
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -190,13 +206,18 @@ class Writer:
         """Queue an operation and return its result once it is committed."""
         return await self.enqueue(operation)
 
-    def enqueue(self, operation: Operation[T]) -> asyncio.Future[T]:
+    def enqueue(
+        self, operation: Operation[T], source: object = None
+    ) -> asyncio.Future[T]:
         """Queue an operation from the event loop without waiting for it.
 
         Requests made during one pass of the event loop are handed to the
         writer together when the pass ends, so that they share a batch and a
         commit. Handing each over at once would wake the writer for the first
-        and leave the rest for later, smaller batches.
+        and leave the rest for later, smaller batches. ``source`` names the
+        stream of an update (any object that lives as long as the stream).
+        Once one of its writes fails with UNAVAILABLE, its later writes fail
+        with UNAVAILABLE without being applied.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -204,7 +225,7 @@ class Writer:
             raise errors.Unavailable("the daemon is stopping; retry on another")
         if not self._handover:
             loop.call_soon(self._hand_over)
-        self._handover.append(_Request(operation, loop, future))
+        self._handover.append(_Request(operation, loop, future, source))
         return future
 
     def cancel_all(self, futures: list[asyncio.Future[Any]]) -> None:
@@ -339,14 +360,22 @@ class Writer:
                 outcomes.append((False, errors.Unavailable("the daemon stopped first")))
                 index += 1
                 continue
+            if self._is_broken(request):
+                outcomes.append((False, errors.Unavailable(ORDER_BROKEN)))
+                index += 1
+                continue
             together = _run_together_of(request.operation)
             if together is None:
-                outcomes.append(self._run_one(request.operation, events))
+                outcome = self._run_one(request.operation, events)
+                self._note_outcome(request, outcome)
+                outcomes.append(outcome)
                 index += 1
                 continue
             end = index + 1
             while (
-                end < len(batch) and _run_together_of(batch[end].operation) is together
+                end < len(batch)
+                and _run_together_of(batch[end].operation) is together
+                and not self._is_broken(batch[end])
             ):
                 end += 1
             operations = [request.operation for request in batch[index:end]]
@@ -378,13 +407,26 @@ class Writer:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
+    def _is_broken(self, request: _Request) -> bool:
+        return request.source is not None and request.source in self._broken
+
+    def _note_outcome(self, request: _Request, outcome: tuple[bool, Any]) -> None:
+        """Mark the request's stream broken when the request failed with
+        UNAVAILABLE."""
+        ok, value = outcome
+        if not ok and request.source is not None:
+            if isinstance(value, errors.Unavailable):
+                self._broken.add(request.source)
+
     def _fail(self, batch: list[_Request], error: errors.StoreError) -> None:
         if batch:
             self._deliver(batch, [(False, error)] * len(batch))
 
     def _deliver(self, batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for request, (ok, value) in zip(batch, outcomes, strict=True):
+        for request, outcome in zip(batch, outcomes, strict=True):
+            self._note_outcome(request, outcome)
+            ok, value = outcome
             if request.loop is None:
                 future = request.future
                 assert isinstance(future, concurrent.futures.Future)
@@ -471,14 +513,16 @@ class LoopWriter(Writer):
                 self._idle.wait(1.0)
         self._committer.shutdown(wait=True)
 
-    def enqueue(self, operation: Operation[T]) -> asyncio.Future[T]:
-        """Queue an operation from the event loop; it runs in the next batch."""
+    def enqueue(
+        self, operation: Operation[T], source: object = None
+    ) -> asyncio.Future[T]:
+        """Queue an operation from the event loop; see ``Writer.enqueue``."""
         if self._stopping:
             raise errors.Unavailable("the daemon is stopping; retry on another")
         loop = self._loop
         assert loop is not None, "LoopWriter.start was not called"
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Request(operation, loop, future))
+        self._queue.append(_Request(operation, loop, future, source))
         if self._idle.is_set():
             self._idle.clear()
         self._schedule()
@@ -652,7 +696,9 @@ class LoopWriter(Writer):
         if any(request.loop is not loop for request in batch):
             super()._deliver(batch, outcomes)
             return
-        for request, (ok, value) in zip(batch, outcomes, strict=True):
+        for request, outcome in zip(batch, outcomes, strict=True):
+            self._note_outcome(request, outcome)
+            ok, value = outcome
             future = request.future
             if future.done():
                 continue

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -277,6 +278,85 @@ def test_write_lock_held_elsewhere_delays_writes_not_reads(
             state_pb2.GetStateRequest(session_id=session_id), timeout=10
         )
         assert json.loads(reply.document_json)["step"] == 2
+    finally:
+        channel.close()
+        daemon.stop()
+    assert integrity(url) == "ok"
+
+
+@pytest.mark.timeout(120)
+def test_stream_after_unavailable_applies_nothing_later(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Once an update fails with UNAVAILABLE, the stream's later ones fail too.
+
+    Another process holds the write lock past the daemon's 5 s wait, so the
+    updates queued meanwhile fail with UNAVAILABLE. Updates sent after the
+    lock is released must not apply either: a client resending the failed
+    ones would apply them after later ones.
+    """
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    daemon = Daemon(url, free_port(), tmp_path / "daemon.log")
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    try:
+        session_id = new_session(sessions)
+        other = sqlite3.connect(
+            sqlite_file(url), isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")
+        locked = True
+
+        def updates() -> Iterator[state_pb2.StreamStateUpdatesRequest]:
+            nonlocal locked
+            started = time.monotonic()
+            for sequence in range(1, 41):
+                if locked and time.monotonic() - started > 6.5:
+                    other.execute("ROLLBACK")
+                    locked = False
+                yield state_pb2.StreamStateUpdatesRequest(
+                    sequence=sequence,
+                    session_id=session_id,
+                    merge_patch_json=json.dumps({"step": sequence}),
+                )
+                time.sleep(0.25)
+
+        try:
+            acks = list(states.StreamStateUpdates(updates(), timeout=60))
+        finally:
+            if locked:
+                other.execute("ROLLBACK")
+            other.close()
+        codes = [ack.code for ack in acks]
+        assert [ack.sequence for ack in acks] == list(range(1, 41))
+        assert grpc.StatusCode.UNAVAILABLE.value[0] in codes
+        first_failed = codes.index(grpc.StatusCode.UNAVAILABLE.value[0])
+        assert all(
+            code == grpc.StatusCode.UNAVAILABLE.value[0]
+            for code in codes[first_failed:]
+        )
+        assert "resend the unacknowledged updates in order" in acks[-1].message
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=session_id), timeout=10
+        )
+        applied = json.loads(reply.document_json).get("step", 0) if reply.version else 0
+        assert applied == first_failed
+        # The stream's failure stays with the stream: a new one applies.
+        resent = list(
+            states.StreamStateUpdates(
+                iter(
+                    [
+                        state_pb2.StreamStateUpdatesRequest(
+                            sequence=1,
+                            session_id=session_id,
+                            merge_patch_json='{"step": 99}',
+                        )
+                    ]
+                ),
+                timeout=30,
+            )
+        )
+        assert resent[0].code == 0
     finally:
         channel.close()
         daemon.stop()

@@ -137,7 +137,10 @@ class StateServiceServicer:
         """Applies many updates sent on one stream, in the order sent, and
         acknowledges each once it is durable. The server keeps reading while
         earlier updates commit. An update that fails is acknowledged with its
-        error and the stream goes on. Errors that end the stream:
+        error and the stream goes on. After an update fails with UNAVAILABLE,
+        every later update on the same stream fails with UNAVAILABLE too and is
+        not applied: resend the unacknowledged updates in order, on a new
+        stream. Errors that end the stream:
         RESOURCE_EXHAUSTED when the server has too many streams open,
         UNAVAILABLE when it stops.
         """
