@@ -166,68 +166,72 @@ def test_database_quota_answers_resource_exhausted(tmp_path: pathlib.Path) -> No
         extra_args=["--max-database-bytes", str(400 * 1024)],
     )
     daemon.start()
-    channel, sessions, states = stubs(daemon.address)
-    session_id = new_session(sessions)
-    kept = []
-    code = None
-    for number in range(2000):
-        request = state_pb2.PatchStateRequest(
-            session_id=session_id,
-            merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
-        )
-        try:
-            states.PatchState(request, timeout=10)
-        except grpc.RpcError as error:
-            code = error.code()
-            message = error.details()
-            break
-        kept.append(f"k{number}")
-
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "quota" in message
-
-    # Writes that fail together in batches: each caller gets the quota's
-    # error, and the log says why in a few lines, without tracebacks.
-    codes: list[grpc.StatusCode] = []
-
-    def write_many(worker: int) -> None:
-        for number in range(25):
+    # A failed assert must not leave the daemon running.
+    try:
+        channel, sessions, states = stubs(daemon.address)
+        session_id = new_session(sessions)
+        kept = []
+        code = None
+        for number in range(2000):
             request = state_pb2.PatchStateRequest(
                 session_id=session_id,
-                merge_patch_json=json.dumps({f"w{worker}-{number}": "y" * 4000}),
+                merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
             )
             try:
-                states.PatchState(request, timeout=30)
+                states.PatchState(request, timeout=10)
             except grpc.RpcError as error:
-                codes.append(error.code())
+                code = error.code()
+                message = error.details()
+                break
+            kept.append(f"k{number}")
 
-    workers = [threading.Thread(target=write_many, args=(n,)) for n in range(8)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 200
-    log = daemon.log_path.read_text()
-    assert "Traceback" not in log
-    assert log.count("write failed") < 20
-    assert "database or disk is full" in log
-    document = json.loads(
-        states.GetState(
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "quota" in message
+
+        # Writes that fail together in batches: each caller gets the quota's
+        # error, and the log says why in a few lines, without tracebacks.
+        codes: list[grpc.StatusCode] = []
+
+        def write_many(worker: int) -> None:
+            for number in range(25):
+                request = state_pb2.PatchStateRequest(
+                    session_id=session_id,
+                    merge_patch_json=json.dumps({f"w{worker}-{number}": "y" * 4000}),
+                )
+                try:
+                    states.PatchState(request, timeout=30)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+
+        workers = [threading.Thread(target=write_many, args=(n,)) for n in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 200
+        log = daemon.log_path.read_text()
+        assert "Traceback" not in log
+        assert log.count("write failed") < 20
+        assert "database or disk is full" in log
+        document = json.loads(
+            states.GetState(
+                state_pb2.GetStateRequest(session_id=session_id), timeout=10
+            ).document_json
+        )
+        assert set(kept) <= set(document)
+        channel.close()
+        daemon.stop()
+        assert integrity(url) == "ok"
+        daemon.start()
+        channel, sessions, states = stubs(daemon.address)
+        reply = states.GetState(
             state_pb2.GetStateRequest(session_id=session_id), timeout=10
-        ).document_json
-    )
-    assert set(kept) <= set(document)
-    channel.close()
-    daemon.stop()
-    assert integrity(url) == "ok"
-    daemon.start()
-    channel, sessions, states = stubs(daemon.address)
-    reply = states.GetState(
-        state_pb2.GetStateRequest(session_id=session_id), timeout=10
-    )
-    assert set(kept) <= set(json.loads(reply.document_json))
-    channel.close()
-    daemon.stop()
+        )
+        assert set(kept) <= set(json.loads(reply.document_json))
+        channel.close()
+        daemon.stop()
+    finally:
+        daemon.stop()
 
 
 def test_write_lock_held_elsewhere_delays_writes_not_reads(
