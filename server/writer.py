@@ -601,8 +601,8 @@ class LoopWriter(Writer):
                 transaction.__exit__(type(error), error, error.__traceback__)
             except Exception as rollback_error:  # noqa: BLE001 - see below
                 # SQLite rolls back by itself on errors such as SQLITE_FULL, so
-                # the ROLLBACK then finds no transaction; the batch's own
-                # error is what matters and its writes are retried below.
+                # this ROLLBACK finds no transaction. The batch's own error
+                # matters, and its writes are retried below.
                 logger.debug("rollback after a failed batch: %s", rollback_error)
             if not isinstance(error, Exception):
                 raise

@@ -189,7 +189,7 @@ def test_database_quota_answers_resource_exhausted(tmp_path: pathlib.Path) -> No
         assert "quota" in message
 
         # Writes that fail together in batches: each caller gets the quota's
-        # error, and the log says why in a few lines, without tracebacks.
+        # error, and the log names the cause in a few lines, without tracebacks.
         codes: list[grpc.StatusCode] = []
 
         def write_many(worker: int) -> None:
@@ -240,7 +240,7 @@ def test_write_lock_held_elsewhere_delays_writes_not_reads(
     """Another process holding the SQLite write lock stalls writes only.
 
     The daemon's statements run on its event loop; while a tool holds the
-    file's write lock, reads and the health check must still be answered,
+    file's write lock, reads and the health check must still be served,
     and the waiting write must commit once the lock is released.
     """
     url = f"sqlite:///{tmp_path / 'locked.db'}"

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from editstore.client.jsondoc import apply_merge_patch
 from editstore.v1 import state_pb2, state_pb2_grpc
 from tests.conftest import module_daemon
 from tests.daemon import Daemon
@@ -265,19 +266,6 @@ def test_acknowledged_updates_survive_daemon_kill(daemon: Daemon) -> None:
     assert parsed(current) == {"step": 200}
 
 
-def merged(target: Any, patch: Any) -> Any:
-    """Apply a JSON merge patch (RFC 7386), independently of the daemon's code."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merged(result.get(key), value)
-    return result
-
-
 def test_stream_near_size_limit_keeps_every_version_exact(
     channel: grpc.Channel,
 ) -> None:
@@ -285,7 +273,7 @@ def test_stream_near_size_limit_keeps_every_version_exact(
 
     The update that would make the document too large fails alone, later
     ones that fit (after a patch that removes members) apply, and the
-    history holds the document of every version.
+    history contains the document of every version.
     """
     client = Client(channel)
     session_id = client.create_session()
@@ -306,7 +294,9 @@ def test_stream_near_size_limit_keeps_every_version_exact(
     versions: list[dict[str, Any]] = []
     document: dict[str, Any] = {}
     for patch in patches:
-        candidate = merged(document, patch)
+        # The client library's merge, not the daemon's, gives the expected
+        # documents.
+        candidate = apply_merge_patch(document, patch)
         text = json.dumps(candidate, separators=(",", ":"), ensure_ascii=False)
         if len(text.encode("utf-8")) <= 4096:
             document = candidate
