@@ -36,5 +36,10 @@ class ResourceExhausted(StoreError):
     """A size limit, the database quota or the disk is exhausted."""
 
 
+class DatabaseFull(ResourceExhausted):
+    """The database's disk or quota is full: the write was valid, and may
+    succeed once space is freed."""
+
+
 class Unavailable(StoreError):
     """The daemon is stopping or the database is busy; a retry may succeed."""

@@ -65,11 +65,12 @@ MAX_BATCH = 512
 LOOP_MAX_BATCH = 128
 
 
-# A retry that resends an update failed with UNAVAILABLE must not apply it
-# after later updates of the same stream.
+# A retry that resends an update failed with UNAVAILABLE, or because the
+# database was full, must not apply it after later updates of the same stream.
 ORDER_BROKEN = (
-    "not applied: an earlier update on this stream failed with UNAVAILABLE; "
-    "resend the unacknowledged updates in order"
+    "not applied: an earlier update on this stream failed with UNAVAILABLE "
+    "or because the database was full; resend the unacknowledged updates in "
+    "order"
 )
 
 
@@ -132,7 +133,7 @@ def translate_database_error(
     if isinstance(error, peewee.InterfaceError):
         return errors.Unavailable(f"the database connection was lost, retry: {error}")
     if is_disk_full(error):
-        return errors.ResourceExhausted(
+        return errors.DatabaseFull(
             "the database is full: its disk or its quota (--max-database-bytes) "
             "has no room left; free space or raise the quota"
         )
@@ -180,9 +181,10 @@ class Writer:
         self.batches = 0
         self.writes = 0
         self._broken: weakref.WeakSet[object] = weakref.WeakSet()
-        """Sources with a write that failed with UNAVAILABLE: their later
-        writes fail too, so that a client resending the failed one applies
-        the stream in order. Entries go when the stream's object does."""
+        """Sources with a write that failed with UNAVAILABLE or on a full
+        database: their later writes fail too, so that a client resending
+        the failed one applies the stream in order. Entries go when the
+        stream's object does."""
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -412,10 +414,11 @@ class Writer:
 
     def _note_outcome(self, request: _Request, outcome: tuple[bool, Any]) -> None:
         """Mark the request's stream broken when the request failed with
-        UNAVAILABLE."""
+        UNAVAILABLE or on a full database, errors after which a client
+        resends."""
         ok, value = outcome
         if not ok and request.source is not None:
-            if isinstance(value, errors.Unavailable):
+            if isinstance(value, (errors.Unavailable, errors.DatabaseFull)):
                 self._broken.add(request.source)
 
     def _fail(self, batch: list[_Request], error: errors.StoreError) -> None:

@@ -367,6 +367,106 @@ def test_stream_after_unavailable_applies_nothing_later(
     assert integrity(url) == "ok"
 
 
+def test_stream_after_database_full_applies_nothing_later(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Once an update fails on a full database, the stream's later ones fail.
+
+    The client resends the failed update once space is freed, so an update
+    sent after it on the same stream must not apply first, even when there
+    is room for it by then.
+    """
+    url = f"sqlite:///{tmp_path / 'full-order.db'}"
+    daemon = Daemon(
+        url,
+        free_port(),
+        tmp_path / "daemon.log",
+        extra_args=["--max-database-bytes", str(400 * 1024)],
+    )
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    try:
+        filler = new_session(sessions)
+        target = new_session(sessions)
+        for number in range(2000):
+            request = state_pb2.PatchStateRequest(
+                session_id=filler,
+                merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
+            )
+            try:
+                states.PatchState(request, timeout=10)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                break
+        else:
+            pytest.fail("the quota was never reached")
+
+        space_freed = threading.Event()
+
+        def updates() -> Iterator[state_pb2.StreamStateUpdatesRequest]:
+            yield state_pb2.StreamStateUpdatesRequest(
+                sequence=1,
+                session_id=target,
+                merge_patch_json=json.dumps({"photo": "z" * 20_000}),
+            )
+            assert space_freed.wait(30)
+            for sequence in range(2, 6):
+                yield state_pb2.StreamStateUpdatesRequest(
+                    sequence=sequence,
+                    session_id=target,
+                    merge_patch_json=json.dumps({"step": sequence}),
+                )
+
+        acks = []
+        for ack in states.StreamStateUpdates(updates(), timeout=60):
+            acks.append(ack)
+            if ack.sequence == 1:
+                # Deleting the filler session frees its pages for reuse.
+                sessions.DeleteSession(pb.DeleteSessionRequest(id=filler), timeout=10)
+                space_freed.set()
+
+        assert [ack.sequence for ack in acks] == [1, 2, 3, 4, 5]
+        assert acks[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "quota" in acks[0].message
+        for ack in acks[1:]:
+            assert ack.code == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert "resend the unacknowledged updates in order" in ack.message
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=target), timeout=10
+        )
+        assert reply.version == 0
+        # Resent in order on a new stream, now that there is room, all apply.
+        resent = list(
+            states.StreamStateUpdates(
+                iter(
+                    [
+                        state_pb2.StreamStateUpdatesRequest(
+                            sequence=sequence,
+                            session_id=target,
+                            merge_patch_json=json.dumps(
+                                {"photo": "z" * 20_000}
+                                if sequence == 1
+                                else {"step": sequence}
+                            ),
+                        )
+                        for sequence in range(1, 6)
+                    ]
+                ),
+                timeout=30,
+            )
+        )
+        assert [ack.code for ack in resent] == [0] * 5
+        assert [ack.version for ack in resent] == [1, 2, 3, 4, 5]
+        reply = states.GetState(
+            state_pb2.GetStateRequest(session_id=target), timeout=10
+        )
+        assert json.loads(reply.document_json)["step"] == 5
+    finally:
+        channel.close()
+        daemon.stop()
+    assert integrity(url) == "ok"
+
+
 @pytest.fixture
 def small_disk(tmp_path: pathlib.Path):
     mount_point = tmp_path / "small-disk"

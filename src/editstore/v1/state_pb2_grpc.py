@@ -138,9 +138,10 @@ class StateServiceServicer:
         acknowledges each once it is durable. The server keeps reading while
         earlier updates commit. An update that fails is acknowledged with its
         error and the stream goes on. After an update fails with UNAVAILABLE,
-        every later update on the same stream fails with UNAVAILABLE too and is
-        not applied: resend the unacknowledged updates in order, on a new
-        stream. Errors that end the stream:
+        or with RESOURCE_EXHAUSTED because the database is full, every later
+        update on the same stream fails with UNAVAILABLE and is not applied:
+        resend the unacknowledged updates in order, on a new stream. Errors
+        that end the stream:
         RESOURCE_EXHAUSTED when the server has too many streams open,
         UNAVAILABLE when it stops.
         """
