@@ -157,6 +157,27 @@ def test_sigterm_drains_and_ends_watches_unavailable(daemon: Daemon) -> None:
 
 
 @pytest.mark.timeout(120)
+def fill_until_full(
+    states: state_pb2_grpc.StateServiceStub, session_id: str
+) -> tuple[list[str], grpc.RpcError]:
+    """Patch 2 KB members into a session until a patch fails.
+
+    Returns the members added and the error of the patch that failed.
+    """
+    kept: list[str] = []
+    for number in range(2000):
+        request = state_pb2.PatchStateRequest(
+            session_id=session_id,
+            merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
+        )
+        try:
+            states.PatchState(request, timeout=10)
+        except grpc.RpcError as error:
+            return kept, error
+        kept.append(f"k{number}")
+    pytest.fail("no patch failed: the database never filled")
+
+
 def test_database_quota_answers_resource_exhausted(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path / 'quota.db'}"
     daemon = Daemon(
@@ -170,23 +191,9 @@ def test_database_quota_answers_resource_exhausted(tmp_path: pathlib.Path) -> No
     try:
         channel, sessions, states = stubs(daemon.address)
         session_id = new_session(sessions)
-        kept = []
-        code = None
-        for number in range(2000):
-            request = state_pb2.PatchStateRequest(
-                session_id=session_id,
-                merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
-            )
-            try:
-                states.PatchState(request, timeout=10)
-            except grpc.RpcError as error:
-                code = error.code()
-                message = error.details()
-                break
-            kept.append(f"k{number}")
-
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "quota" in message
+        kept, error = fill_until_full(states, session_id)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "quota" in error.details()
 
         # Writes that fail together in batches: each caller gets the quota's
         # error, and the log names the cause in a few lines, without tracebacks.
@@ -388,18 +395,8 @@ def test_stream_after_database_full_applies_nothing_later(
     try:
         filler = new_session(sessions)
         target = new_session(sessions)
-        for number in range(2000):
-            request = state_pb2.PatchStateRequest(
-                session_id=filler,
-                merge_patch_json=json.dumps({f"k{number}": "x" * 2000}),
-            )
-            try:
-                states.PatchState(request, timeout=10)
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                break
-        else:
-            pytest.fail("the quota was never reached")
+        _, error = fill_until_full(states, filler)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         space_freed = threading.Event()
 
