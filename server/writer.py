@@ -75,7 +75,7 @@ ORDER_BROKEN = (
 
 
 class _Request:
-    __slots__ = ("operation", "loop", "future", "source")
+    __slots__ = ("operation", "loop", "future", "source", "queued_at")
 
     def __init__(
         self,
@@ -89,6 +89,7 @@ class _Request:
         self.future = future
         self.source = source
         """The stream the request came from, whose requests apply in order."""
+        self.queued_at = time.monotonic()
 
 
 class _RateLimitedLog:
@@ -484,7 +485,6 @@ class LoopWriter(Writer):
         self._idle.set()
         self._tuned: object = None
         """The connection last set to fail at once when the file is locked."""
-        self._locked_since: float | None = None
         """When BEGIN first found the file locked by another process."""
 
     def start(self) -> None:
@@ -629,8 +629,9 @@ class LoopWriter(Writer):
 
         Only another process can hold the file's write lock (a backup, a
         tool). While it does, the batch goes back to the queue and BEGIN is
-        tried again 5 ms later, for as long as ``Writer`` would wait. The
-        loop goes on serving calls meanwhile.
+        tried again 5 ms later. A write fails with UNAVAILABLE once it has
+        waited as long as ``Writer`` would wait, counted from when it was
+        queued. The loop goes on serving calls meanwhile.
         """
         database = self._database
         connection = database.connection()
@@ -646,20 +647,25 @@ class LoopWriter(Writer):
             if not is_busy(error):
                 self._retry(batch)
                 return False
-            if self._locked_since is None:
-                self._locked_since = now
-            if now - self._locked_since > SQLITE_BUSY_TIMEOUT_MS / 1000:
-                self._locked_since = None
-                logger.warning("database locked by another process: %s", error)
-                self._fail(batch, translate_database_error(error))
-                self._schedule()
-                return False
+            # Each write waits for the lock up to the timeout from the time it
+            # was queued, so a write queued late still gets its full wait.
+            oldest = now - SQLITE_BUSY_TIMEOUT_MS / 1000
+            expired = [request for request in batch if request.queued_at < oldest]
+            if expired:
+                _failures.warning(
+                    "writes failed after waiting %d ms for a lock held by "
+                    "another process (%d writes): %s",
+                    SQLITE_BUSY_TIMEOUT_MS,
+                    len(expired),
+                    error,
+                )
+                self._fail(expired, translate_database_error(error))
+                batch = [request for request in batch if request.queued_at >= oldest]
             self._queue[:0] = batch
             self._scheduled = True
             assert self._loop is not None
             self._loop.call_later(0.005, self._start_batch)
             return False
-        self._locked_since = None
         return True
 
     def _finish(

@@ -296,6 +296,54 @@ def test_write_lock_held_elsewhere_delays_writes_not_reads(
 
 
 @pytest.mark.timeout(120)
+def test_lock_wait_counted_per_write(tmp_path: pathlib.Path) -> None:
+    """A write fails after waiting 5 s for the lock from when it came.
+
+    Another process holds the write lock for 6.5 s. The write sent first
+    fails with UNAVAILABLE at 5 s. The write sent 3 s later has waited only
+    3.5 s when the lock is released, so it commits.
+    """
+    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    daemon = Daemon(url, free_port(), tmp_path / "daemon.log")
+    daemon.start()
+    channel, sessions, states = stubs(daemon.address)
+    try:
+        first_session = new_session(sessions)
+        second_session = new_session(sessions)
+        other = sqlite3.connect(sqlite_file(url), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        locked_at = time.monotonic()
+        try:
+            first = states.PatchState.future(
+                state_pb2.PatchStateRequest(
+                    session_id=first_session, merge_patch_json='{"step": 1}'
+                ),
+                timeout=20,
+            )
+            time.sleep(3)
+            second = states.PatchState.future(
+                state_pb2.PatchStateRequest(
+                    session_id=second_session, merge_patch_json='{"step": 1}'
+                ),
+                timeout=20,
+            )
+            with pytest.raises(grpc.RpcError) as failed:
+                first.result()
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "busy" in failed.value.details()
+            time.sleep(max(0.0, locked_at + 6.5 - time.monotonic()))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert second.result().version == 1
+        log = daemon.log_path.read_text()
+        assert "writes failed after waiting 5000 ms for a lock" in log
+        assert "(1 writes)" in log
+    finally:
+        channel.close()
+        daemon.stop()
+
+
 def test_stream_after_unavailable_applies_nothing_later(
     tmp_path: pathlib.Path,
 ) -> None:
