@@ -1,9 +1,10 @@
 """Request ids: a create that arrives twice is applied once.
 
-A write that carries a request id stores its result next to the id in the same
-transaction. When the same id arrives again, the stored result is returned and
-nothing is written, so the client gets the same response both times. The id is
-remembered for ``--request-id-retention-hours``.
+A write that carries a request id stores its result, or what rebuilds it,
+next to the id in the same transaction. When the same id arrives again, the
+stored result is returned and nothing is written, so the client gets the
+same response both times. The id is remembered for
+``--request-id-retention-hours``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,14 @@ def once(
     request_id: str,
     payload: Any,
     operation: Callable[[list[Any]], T],
+    shrink: Callable[[T], Any] | None = None,
+    expand: Callable[[Any], T] | None = None,
 ) -> Callable[[list[Any]], T]:
     """Wrap a write operation so that its request id applies it only once.
+
+    ``shrink`` turns the result into what is stored with the id, and
+    ``expand`` turns that back into the result a repeat returns. Both run in
+    the writer's transaction. Without them the whole result is stored.
 
     Raises (from the returned operation):
         AlreadyExists: the request id was used by a different request.
@@ -82,7 +89,10 @@ def once(
                 f"request_id {request_id} was already used by a different "
                 f"{stored_method} request; use a new UUID for a new request"
             )
-        result: T = json.loads(response, object_hook=_decode)
+        stored = json.loads(response, object_hook=_decode)
+        if expand is not None:
+            return expand(stored)
+        result: T = stored
         return result
 
     def run_once(events: list[Any]) -> T:
@@ -103,7 +113,8 @@ def once(
                 ) from None
             return stored_result(record)
         result = operation(events)
-        _SET_RESPONSE.execute([json.dumps(result, default=_encode), request_id])
+        stored = result if shrink is None else shrink(result)
+        _SET_RESPONSE.execute([json.dumps(stored, default=_encode), request_id])
         return result
 
     return run_once

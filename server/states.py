@@ -170,7 +170,14 @@ def put_state(
         session_id, expected_version, limits, document=document, text=text
     )
     payload = {"session_id": session_id, "document": text, "expected": expected_version}
-    return requests.once("PutState", request_id, payload, change)
+    return requests.once(
+        "PutState",
+        request_id,
+        payload,
+        change,
+        _without_document,
+        _document_read_back(session_id),
+    )
 
 
 def patch_state(
@@ -194,7 +201,51 @@ def patch_state(
         "patch": patch_text,
         "expected": expected_version,
     }
-    return requests.once("PatchState", request_id, payload, change)
+    return requests.once(
+        "PatchState",
+        request_id,
+        payload,
+        change,
+        _without_document,
+        _document_read_back(session_id),
+    )
+
+
+def _without_document(result: dict[str, Any]) -> dict[str, Any]:
+    """Return the part of a put's or patch's result kept with its request id.
+
+    The document is left out: a retry reads it back from the history, so a
+    request id costs a few bytes instead of a copy of the document.
+    """
+    return {"version": result["version"], "updated_at": result["updated_at"]}
+
+
+def _document_read_back(
+    session_id: str,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Return the function that rebuilds a stored result of ``session_id``."""
+
+    def read_back(stored: dict[str, Any]) -> dict[str, Any]:
+        if "document" in stored:
+            return stored  # stored whole by an earlier release
+        version = int(stored["version"])
+        state = SessionState.get_or_none(SessionState.session == session_id)
+        if state is None:
+            raise NotFound(f"session {session_id!r} not found")
+        if state.version == version:
+            return {**stored, "document": state.document}
+        kept, _ = list_versions(session_id, version - 1, 1)
+        if kept and kept[0].version == version:
+            return {**stored, "document": kept[0].document}
+        # NOTE: the version left the kept history (--state-history), so the
+        # repeat gets the current document, a newer version than the first.
+        return {
+            "version": state.version,
+            "document": state.document,
+            "updated_at": state.updated_at,
+        }
+
+    return read_back
 
 
 class StateChange:

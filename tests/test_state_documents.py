@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import pathlib
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -334,6 +335,108 @@ def test_patch_state_with_request_id_applies_once(client: Client) -> None:
     assert first.version == 2
     assert again.version == 2
     assert client.get(session_id).version == 2
+
+
+def test_retried_patch_returns_its_own_version(client: Client) -> None:
+    session_id = client.create_session()
+    request_id = str(uuid.uuid4())
+    client.put(session_id, {"a": 1})
+    first = client.patch(session_id, {"b": 2}, request_id=request_id)
+    client.patch(session_id, {"c": 3})
+    client.patch(session_id, {"b": 5})
+
+    again = client.patch(session_id, {"b": 2}, request_id=request_id)
+
+    assert first.version == 2
+    assert again.version == 2
+    assert parsed(again) == {"a": 1, "b": 2}
+    assert again.document_json == first.document_json
+    assert again.update_time == first.update_time
+    assert parsed(client.get(session_id)) == {"a": 1, "b": 5, "c": 3}
+
+
+def test_request_id_stores_no_document_copy(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ids.db'}"
+    process = start_daemon(url, tmp_path, [])
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            client = Client(channel)
+            session_id = client.create_session()
+            large = {"mask": "m" * 100_000}
+            put = client.put(session_id, large, request_id=str(uuid.uuid4()))
+            patched = client.patch(
+                session_id, {"step": 1}, request_id=str(uuid.uuid4())
+            )
+    finally:
+        process.stop()
+
+    assert put.version == 1
+    assert patched.version == 2
+    with sqlite3.connect(tmp_path / "ids.db") as connection:
+        sizes = [
+            row[0]
+            for row in connection.execute("SELECT length(response) FROM request_ids")
+        ]
+    assert len(sizes) == 2
+    assert max(sizes) < 200
+
+
+def test_request_id_stored_whole_still_answers(tmp_path: pathlib.Path) -> None:
+    # Earlier releases stored the whole result with the request id. A retry
+    # of such a request returns that stored result.
+    url = f"sqlite:///{tmp_path / 'old-ids.db'}"
+    process = start_daemon(url, tmp_path, [])
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            client = Client(channel)
+            session_id = client.create_session()
+            request_id = str(uuid.uuid4())
+            first = client.patch(session_id, {"step": 1}, request_id=request_id)
+            with sqlite3.connect(tmp_path / "old-ids.db") as connection:
+                (response,) = connection.execute(
+                    "SELECT response FROM request_ids WHERE request_id = ?",
+                    (request_id,),
+                ).fetchone()
+                whole = {**json.loads(response), "document": '{"step":1,"old":1}'}
+                connection.execute(
+                    "UPDATE request_ids SET response = ? WHERE request_id = ?",
+                    (json.dumps(whole), request_id),
+                )
+            again = client.patch(session_id, {"step": 1}, request_id=request_id)
+    finally:
+        process.stop()
+
+    assert again.version == first.version
+    assert parsed(again) == {"step": 1, "old": 1}
+    assert again.update_time == first.update_time
+
+
+def test_retry_after_history_returns_current(
+    database_url: str, tmp_path: pathlib.Path
+) -> None:
+    process = start_daemon(database_url, tmp_path, ["--state-history", "5"])
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            client = Client(channel)
+            session_id = client.create_session()
+            request_id = str(uuid.uuid4())
+            first = client.patch(session_id, {"step": 1}, request_id=request_id)
+            for step in range(2, 41):
+                client.patch(session_id, {"step": step})
+            oldest = client.states.ListStateVersions(
+                state_pb2.ListStateVersionsRequest(session_id=session_id),
+                timeout=10,
+            ).oldest_kept_version
+            again = client.patch(session_id, {"step": 1}, request_id=request_id)
+            current = client.get(session_id)
+    finally:
+        process.stop()
+
+    assert first.version == 1
+    assert oldest > 1
+    assert again.version == 40
+    assert again.document_json == current.document_json
+    assert parsed(again) == {"step": 40}
 
 
 def test_resume_session_returns_state_document(client: Client) -> None:
