@@ -27,6 +27,7 @@ from editstore.server.config import Settings
 from editstore.server.events import SessionDeleted
 from editstore.server.handlers import generic_handler
 from editstore.server.interceptors import BearerTokenInterceptor
+from editstore.server.metrics import CallStats, Collector, MetricsServer, sqlite_bytes
 from editstore.server.readers import Readers
 from editstore.server.session_servicer import SessionServicer
 from editstore.server.state_servicer import StateServicer, StreamSlots
@@ -94,6 +95,9 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._lock_fd: int | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._stats = CallStats()
+        self._metrics: MetricsServer | None = None
+        self.metrics_port = 0
 
     async def start(self) -> None:
         """Open the database, check its schema and start serving.
@@ -150,15 +154,19 @@ class Daemon:
             limits,
             slots,
             settings.heartbeat_seconds,
+            self._stats,
         )
         server.add_generic_rpc_handlers(
             (
                 generic_handler(
                     session_service,
                     session_pb2.DESCRIPTOR.services_by_name["SessionService"],
+                    self._stats,
                 ),
                 generic_handler(
-                    state_service, state_pb2.DESCRIPTOR.services_by_name["StateService"]
+                    state_service,
+                    state_pb2.DESCRIPTOR.services_by_name["StateService"],
+                    self._stats,
                 ),
             )
         )
@@ -180,6 +188,8 @@ class Daemon:
             raise RuntimeError(
                 f"can not listen on {settings.listen}: address in use or invalid"
             )
+        if settings.metrics_listen:
+            self._start_metrics(settings.metrics_listen, slots, database)
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -193,6 +203,60 @@ class Daemon:
             + (", bearer tokens required" if settings.auth_tokens else ""),
             database_module.describe(settings.database),
             schema.version,
+        )
+
+    def _start_metrics(
+        self, listen: str, slots: StreamSlots, database: peewee.Database
+    ) -> None:
+        writer = self._writer
+        assert writer is not None
+        gauges = [
+            (
+                "editstore_writer_queued",
+                "writes waiting for the writer's next transaction",
+                lambda: float(writer.queued),
+            ),
+            (
+                "editstore_streams_open",
+                "open WatchState and StreamStateUpdates streams",
+                lambda: float(slots.open),
+            ),
+            (
+                "editstore_watchers",
+                "open watches of state documents",
+                lambda: float(self._hub.watcher_count),
+            ),
+        ]
+        if isinstance(database, peewee.SqliteDatabase):
+            gauges.append(
+                (
+                    "editstore_database_bytes",
+                    "size of the SQLite file and its write-ahead log",
+                    sqlite_bytes(database.database),
+                )
+            )
+        counters = [
+            (
+                "editstore_writer_transactions",
+                "transactions the writer committed",
+                lambda: float(writer.batches),
+            ),
+            (
+                "editstore_writer_writes",
+                "writes the writer ran, failed ones included",
+                lambda: float(writer.writes),
+            ),
+        ]
+        self._metrics = MetricsServer(Collector(self._stats, gauges, counters))
+        try:
+            self._metrics.start(listen)
+        except OSError as error:
+            raise RuntimeError(f"can not serve metrics on {listen}: {error}") from None
+        self.metrics_port = self._metrics.port
+        logger.info(
+            "metrics at http://%s:%d/metrics",
+            listen.rpartition(":")[0],
+            self.metrics_port,
         )
 
     @staticmethod
@@ -252,6 +316,8 @@ class Daemon:
             await self._server.stop(self.settings.grace_seconds)
         if self._listener is not None:
             self._listener.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._writer is not None:
             logger.info(
                 "writer committed %d writes in %d transactions",

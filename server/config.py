@@ -40,6 +40,7 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     log_level: str = "info"
+    metrics_listen: str = ""
 
     @property
     def max_message_bytes(self) -> int:
@@ -67,6 +68,8 @@ _HELP = {
     "tls_client_ca": "path of a PEM CA bundle; clients must then present a "
     "certificate it signed",
     "log_level": "debug, info, warning or error",
+    "metrics_listen": "host:port to serve Prometheus metrics on, at /metrics; "
+    "empty: no metrics endpoint",
 }
 
 
@@ -160,12 +163,17 @@ def validate(settings: Settings) -> None:
             flag = "--" + name.replace("_", "-")
             env = ENV_PREFIX + name.upper()
             raise ValueError(f"{flag} ({env}) must be {rule}, got {value}")
-    host, _, port = settings.listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(
-            f"--listen must be HOST:PORT with a port from 0 to 65535, such as "
-            f"{DEFAULT_LISTEN}, got {settings.listen!r}"
-        )
+    for name, example in (("listen", DEFAULT_LISTEN), ("metrics_listen", "")):
+        address = getattr(settings, name)
+        if name == "metrics_listen" and not address:
+            continue
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} must be HOST:PORT with a port from 0 to 65535, such as "
+                f"{example or '127.0.0.1:9464'}, got {address!r}"
+            )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
     if settings.tls_client_ca and not settings.tls_cert:

@@ -10,6 +10,7 @@ it is logged with its traceback and the client is told no details.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from google.protobuf import symbol_database
 from google.protobuf.descriptor import ServiceDescriptor
 
 from editstore.server import errors
+from editstore.server.metrics import CallStats
 from editstore.server.status import code_of
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,19 @@ class _Parser:
             ) from None
 
 
+def _code_name(context: grpc.aio.ServicerContext, error: BaseException) -> str:
+    """Return the name of the status code a failed call ends with."""
+    if isinstance(error, grpc.aio.AbortError):
+        # The handler aborted with a code of its own, which the context keeps.
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if context.done():
+        return "CANCELLED"
+    if isinstance(error, errors.StoreError):
+        return code_of(error).name
+    return "INTERNAL"
+
+
 async def _abort(
     context: grpc.aio.ServicerContext, method: str, error: BaseException
 ) -> None:
@@ -63,14 +78,24 @@ async def _abort(
     )
 
 
-def _unary_unary(method: str, behavior: Behavior, parse: _Parser) -> Behavior:
+def _unary_unary(
+    method: str, behavior: Behavior, parse: _Parser, stats: CallStats
+) -> Behavior:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = "OK"
         try:
             return await behavior(parse(data), context)
         except (errors.StoreError, Exception) as error:
+            code = _code_name(context, error)
             if isinstance(error, grpc.aio.AbortError):
                 raise
             await _abort(context, method, error)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            stats.record(method, code, time.perf_counter() - started)
 
     return handle
 
@@ -95,7 +120,11 @@ class RequestReader:
 
 
 def _stream_writer(
-    method: str, behavior: Behavior, parse: _Parser, client_streams: bool
+    method: str,
+    behavior: Behavior,
+    parse: _Parser,
+    client_streams: bool,
+    stats: CallStats,
 ) -> Behavior:
     """Wrap a streaming method, which writes its responses with
     ``context.write``: an async generator between the method and gRPC would
@@ -103,16 +132,22 @@ def _stream_writer(
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         started = time.monotonic()
+        code = "OK"
         try:
             argument = (
                 RequestReader(context, parse) if client_streams else parse(request)
             )
             await behavior(argument, context)
         except (errors.StoreError, Exception) as error:
+            code = _code_name(context, error)
             if isinstance(error, grpc.aio.AbortError):
                 raise
             await _abort(context, method, error)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         finally:
+            stats.record(method, code, None)
             logger.debug("%s ended after %.1f s", method, time.monotonic() - started)
 
     return handle
@@ -131,9 +166,10 @@ def _serializer(message_class: Any) -> Callable[[Any], bytes]:
 
 
 def generic_handler(
-    servicer: object, service: ServiceDescriptor
+    servicer: object, service: ServiceDescriptor, stats: CallStats
 ) -> grpc.GenericRpcHandler:
-    """Return handlers for every method of ``service`` implemented by ``servicer``."""
+    """Return handlers for every method of ``service`` implemented by
+    ``servicer``, which count the calls in ``stats``."""
     database = symbol_database.Default()
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
@@ -145,19 +181,19 @@ def generic_handler(
         full_name = f"{service.full_name}/{method.name}"
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(
-                _stream_writer(full_name, behavior, parse, True),
+                _stream_writer(full_name, behavior, parse, True, stats),
                 response_serializer=serialize,
             )
         elif method.server_streaming:
             handler = grpc.unary_stream_rpc_method_handler(
-                _stream_writer(full_name, behavior, parse, False),
+                _stream_writer(full_name, behavior, parse, False, stats),
                 response_serializer=serialize,
             )
         elif method.client_streaming:
             raise NotImplementedError(f"{full_name}: client streaming is not used")
         else:
             handler = grpc.unary_unary_rpc_method_handler(
-                _unary_unary(full_name, behavior, parse),
+                _unary_unary(full_name, behavior, parse, stats),
                 response_serializer=serialize,
             )
         handlers[method.name] = handler

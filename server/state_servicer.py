@@ -12,6 +12,7 @@ import grpc
 
 from editstore.server import convert, errors, handlers, states
 from editstore.server.events import SessionDeleted, StateChanged
+from editstore.server.metrics import CallStats
 from editstore.server.readers import Readers
 from editstore.server.status import code_of
 from editstore.server.watch import Watcher, WatchHub
@@ -89,6 +90,7 @@ class StateServicer:
         limits: states.StateLimits,
         slots: StreamSlots,
         heartbeat_seconds: float,
+        stats: CallStats | None = None,
     ) -> None:
         self._writer = writer
         self._readers = readers
@@ -96,6 +98,7 @@ class StateServicer:
         self._limits = limits
         self._slots = slots
         self._heartbeat = heartbeat_seconds
+        self._stats = CallStats() if stats is None else stats
         # The latest changes, serialized: a hundred watchers of one session
         # share one encoding of each change instead of building their own.
         self._encoded_changes: dict[tuple[str, int], bytes] = {}
@@ -195,6 +198,7 @@ class StateServicer:
                 UPDATE_BYTES_IN_FLIGHT_FACTOR * self._limits.max_document_bytes
             )
             reader = asyncio.create_task(self._read_updates(requests, pending, budget))
+            counts = self._stats.stream_updates
             try:
                 while True:
                     item = await pending.get()
@@ -206,12 +210,15 @@ class StateServicer:
                     try:
                         result = future.result() if future.done() else await future
                     except errors.StoreError as error:
+                        code = code_of(error)
+                        counts[code.name] += 1
                         response = state_pb2.StreamStateUpdatesResponse(
                             sequence=sequence,
-                            code=code_of(error).value[0],
+                            code=code.value[0],
                             message=str(error),
                         )
                     else:
+                        counts["OK"] += 1
                         response = state_pb2.StreamStateUpdatesResponse(
                             sequence=sequence, version=result["version"]
                         )

@@ -187,6 +187,11 @@ class Writer:
         the failed one applies the stream in order. Entries go when the
         stream's object does."""
 
+    @property
+    def queued(self) -> int:
+        """The number of writes waiting for a batch."""
+        return len(self._queue)
+
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
