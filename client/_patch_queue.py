@@ -128,14 +128,16 @@ class FlushRequest:
         raise NotImplementedError
 
 
-def closed_client_error(error: Exception, writer_name: str) -> Cancelled:
+def closed_client_error(
+    error: Exception, writer_name: str, client_name: str
+) -> Cancelled:
     """Return the error of a send attempted through a closed client.
 
     No retry can succeed, so the updates fail and the next flush raises it.
     """
     return Cancelled(
         f"the client was closed before the state writer could send: {error}; "
-        f"close the {writer_name} before its client"
+        f"close the {writer_name} before its {client_name}"
     )
 
 

@@ -44,7 +44,6 @@ it was given, so close the writer before closing that client.
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
 import threading
@@ -58,15 +57,11 @@ from editstore.client._patch_queue import (
     DEFAULT_FLUSH_INTERVAL,
     NO_RETRY,
     FlushRequest,
-    ImportantUpdateRule,
-    PatchQueue,
-    Snapshot,
     closed_client_error,
     log_unsent_at_stop,
-    snapshot_patch,
 )
+from editstore.client._writer_base import WriterBase
 from editstore.client.errors import EditstoreError
-from editstore.client.journal import Journal
 from editstore.client.models import StateDocument
 from editstore.client.settings import RetryPolicy
 
@@ -105,7 +100,7 @@ class _FlushRequest(FlushRequest):
         self.done.set()
 
 
-class StateWriter:
+class StateWriter(WriterBase[StateTransport]):
     """Buffers state updates of one session and sends them in the background.
 
     Args:
@@ -140,36 +135,28 @@ class StateWriter:
         backoff: RetryPolicy = DEFAULT_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval must be positive, got {flush_interval}")
-        self.session_id = session_id
-        self.flush_interval = flush_interval
-        self.journal_path = journal_path
-        self.exit_timeout = exit_timeout
-        self._client = client
-        self._call_timeout = call_timeout
-
-        # Written by callers of update(); read by the background thread.
-        self._inbox: collections.deque[tuple[Snapshot, bool] | FlushRequest] = (
-            collections.deque()
-        )
         self._wakeup = threading.Event()
-        self._closed = False
-        self._important = ImportantUpdateRule()
-
-        # Owned by the background thread, guarded by _lock so that close()
-        # can take over the journal when the thread does not finish in time.
+        super().__init__(
+            client,
+            session_id,
+            flush_interval=flush_interval,
+            journal_path=journal_path,
+            exit_timeout=exit_timeout,
+            call_timeout=call_timeout,
+            backoff=backoff,
+            clock=clock,
+            logger=logger,
+        )
+        # The queue is owned by the background thread and guarded by _lock,
+        # so that close() can take over the journal when the thread does not
+        # finish in time.
         self._lock = threading.Lock()
-        self._queue = PatchQueue(session_id, flush_interval, backoff, clock, logger)
         self._abandoned = False
 
         # Lets wake() wait for a pass of the loop that began after it.
         self._progress = threading.Condition()
         self._passes_started = 0
         self._passes_done = 0
-
-        if journal_path is not None:
-            self._load_journal(journal_path)
 
         self._thread = threading.Thread(
             target=self._run, name=f"editstore-state-writer-{session_id}", daemon=True
@@ -178,63 +165,7 @@ class StateWriter:
             _OPEN_WRITERS.add(self)
         self._thread.start()
 
-    @classmethod
-    def recover(
-        cls,
-        client: StateTransport,
-        journal_path: str | os.PathLike[str],
-        **kwargs: Any,
-    ) -> StateWriter:
-        """Build a writer for the session of an existing journal.
-
-        The writer sends the journal's unsent patches at once, each with the
-        request id it was sent with before, so a patch that reached the
-        daemon just before the earlier process died is not applied twice.
-
-        Raises:
-            FileNotFoundError: There is no journal at ``journal_path``.
-            ValueError: The file is not a state journal.
-        """
-        journal = Journal.load(journal_path)
-        if journal is None:
-            raise FileNotFoundError(f"no state journal at {os.fspath(journal_path)}")
-        return cls(client, journal.session_id, journal_path=journal_path, **kwargs)
-
-    @property
-    def last_error(self) -> Exception | None:
-        """The last error of a batch or an update, kept for callers."""
-        return self._queue.last_error
-
-    @property
-    def acknowledged_batches(self) -> int:
-        """How many batches the daemon applied; each made one new version."""
-        return self._queue.acknowledged_batches
-
     # The caller's side.
-
-    def update(self, patch: Mapping[str, Any], important: bool = False) -> None:
-        """Queue a JSON merge patch of the session's document.
-
-        Returns at once: the patch is copied here, so later changes to the
-        caller's dict do not leak in, and sent by the background thread.
-        The copy is a ``marshal`` snapshot, several times cheaper than JSON
-        text, so values that JSON rejects but ``marshal`` copies (NaN, sets)
-        are found by the background thread. It drops such an update, logs
-        it, and the next `flush` raises its error.
-
-        Raises:
-            RuntimeError: The writer is closed.
-            TypeError: The patch is not a dict or contains an object that
-                neither ``marshal`` nor JSON can represent.
-        """
-        if self._closed:
-            raise RuntimeError(f"state writer of session {self.session_id} is closed")
-        snapshot = snapshot_patch(patch)
-        if not important:
-            important = self._important.matches(patch)
-        self._inbox.append((snapshot, important))
-        if important:
-            self._wakeup.set()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send every queued update now and wait for the acknowledgement.
@@ -281,9 +212,8 @@ class StateWriter:
     def _begin_close(self) -> _FlushRequest | None:
         """Queue the final send; ``None`` when the writer is already closed."""
         with _OPEN_WRITERS_LOCK:
-            if self._closed:
+            if not self._mark_closed():
                 return None
-            self._closed = True
             _OPEN_WRITERS.discard(self)
         request = _FlushRequest(closing=True)
         self._inbox.append(request)
@@ -401,21 +331,13 @@ class StateWriter:
                 error = caught
             except ValueError as caught:
                 # grpc raises ValueError on a closed channel.
-                error = closed_client_error(caught, "StateWriter")
+                error = closed_client_error(caught, "StateWriter", "Client")
             finally:
                 self._lock.acquire()
             if not queue.finish_attempt(batch, state, error):
                 return
 
     # The journal.
-
-    def _load_journal(self, path: str | os.PathLike[str]) -> None:
-        journal = Journal.load(path)
-        if journal is None:
-            return
-        self._queue.load_journal(journal, path)
-        if journal.unsent:
-            self._wakeup.set()
 
     def _save_journal(self, force: bool = False) -> None:
         """Write the journal if it changed; called with _lock held."""
