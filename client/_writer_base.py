@@ -1,4 +1,4 @@
-"""What `StateWriter` and `AsyncStateWriter` share on the caller's side.
+"""The caller's side of `StateWriter` and `AsyncStateWriter`.
 
 `WriterBase` checks the arguments, loads the journal, and implements
 ``update``, ``recover`` and the counters. The subclasses add the thread or
@@ -33,10 +33,10 @@ class Wakeup(Protocol):
 
 
 class WriterBase(Generic[TransportT]):
-    """The caller's side of a state writer; see `StateWriter` for the arguments.
+    """The caller's side of a state writer. `StateWriter` documents the arguments.
 
-    A subclass sets ``_wakeup`` before calling ``__init__``; `update` and a
-    journal with unsent patches set it to start a send.
+    A subclass sets ``_wakeup`` before calling ``__init__``, because `update`
+    and a journal with unsent patches set it to start a send.
     """
 
     _wakeup: Wakeup
@@ -113,7 +113,7 @@ class WriterBase(Generic[TransportT]):
         return self._queue.acknowledged_batches
 
     def _mark_closed(self) -> bool:
-        """Mark the writer closed; return False when it already was."""
+        """Mark the writer closed, and return False when it already was."""
         if self._closed:
             return False
         self._closed = True
