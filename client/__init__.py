@@ -3,8 +3,9 @@
 `Client` and `AsyncClient` call every method of the daemon's
 ``SessionService`` and ``StateService`` and return pydantic models.
 `StateWriter` buffers state updates of one session and sends them in the
-background. Errors are raised as subclasses of `EditstoreError`, one per
-gRPC status code.
+background; `AsyncStateWriter` does the same from a task of an asyncio event
+loop, through an `AsyncClient`. Errors are raised as subclasses of
+`EditstoreError`, one per gRPC status code.
 
 Example::
 
@@ -26,6 +27,7 @@ import logging
 
 from editstore.client._calls import UNSET
 from editstore.client.aio import AsyncClient
+from editstore.client.aio_writer import AsyncStateWriter
 from editstore.client.client import Client
 from editstore.client.errors import (
     Aborted,
@@ -75,6 +77,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncStateUpdateStream",
+    "AsyncStateWriter",
     "BoundingBox",
     "Cancelled",
     "Client",
