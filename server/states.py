@@ -237,8 +237,8 @@ def _document_read_back(
         kept, _ = list_versions(session_id, version - 1, 1)
         if kept and kept[0].version == version:
             return {**stored, "document": kept[0].document}
-        # NOTE: the version left the kept history (--state-history), so the
-        # repeat gets the current document, a newer version than the first.
+        # NOTE: the version was pruned (see _store), so the repeat gets the
+        # current document, a newer version than the first response had.
         return {
             "version": state.version,
             "document": state.document,
