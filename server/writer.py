@@ -96,12 +96,15 @@ class _RateLimitedLog:
     """Log one line per interval; the lines dropped meanwhile are counted.
 
     A full disk fails every write, and a line for each would flood the log.
+    The count of dropped lines goes with the next line, or is logged alone
+    at the end of the interval when no line comes.
     """
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
         self._next = 0.0
         self._dropped = 0
+        self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
     def warning(self, message: str, *args: Any) -> None:
@@ -109,12 +112,40 @@ class _RateLimitedLog:
         with self._lock:
             if now < self._next:
                 self._dropped += 1
+                if self._timer is None:
+                    self._timer = threading.Timer(
+                        self._next - now, self._report_dropped
+                    )
+                    self._timer.daemon = True
+                    self._timer.start()
                 return
-            dropped, self._dropped = self._dropped, 0
+            dropped = self._take_dropped()
             self._next = now + self._interval
         if dropped:
-            message += f" ({dropped} similar failures in the last {self._interval:g} s)"
+            message += (
+                f" ({dropped} similar warnings in the last {self._interval:g} s "
+                "were not logged)"
+            )
         logger.warning(message, *args)
+
+    def _take_dropped(self) -> int:
+        dropped, self._dropped = self._dropped, 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return dropped
+
+    def _report_dropped(self) -> None:
+        with self._lock:
+            self._timer = None
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            logger.warning(
+                "%d similar warnings of write failures in the last %g s were "
+                "not logged",
+                dropped,
+                self._interval,
+            )
 
 
 _failures = _RateLimitedLog(5.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import sqlite3
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from editstore.server import writer as writer_module
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
 from tests.conftest import POSTGRES_ENV
@@ -342,6 +344,22 @@ def test_lock_wait_counted_per_write(tmp_path: pathlib.Path) -> None:
     finally:
         channel.close()
         daemon.stop()
+
+
+def test_rate_limited_log_reports_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """Warnings dropped at the end of a burst are still counted in the log."""
+    log = writer_module._RateLimitedLog(0.2)
+    with caplog.at_level(logging.WARNING, logger="editstore.server.writer"):
+        for number in range(5):
+            log.warning("write failed: %d", number)
+        deadline = time.monotonic() + 10
+        while len(caplog.records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    messages = [record.getMessage() for record in caplog.records]
+
+    assert messages[0] == "write failed: 0"
+    assert len(messages) == 2
+    assert "4 similar warnings" in messages[1]
 
 
 def test_stream_after_unavailable_applies_nothing_later(
