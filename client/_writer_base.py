@@ -137,7 +137,10 @@ class WriterBase(Generic[TransportT]):
         if self._closed:
             raise RuntimeError(f"state writer of session {self.session_id} is closed")
         snapshot = snapshot_patch(patch)
-        if not important:
+        # The key test is repeated here because a call costs more than it.
+        if not important and (
+            "current_stage" in patch or "status" in patch or "completed" in patch
+        ):
             important = self._important.matches(patch)
         self._inbox.append((snapshot, important))
         if important:
