@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -11,6 +12,8 @@ from google.protobuf import timestamp_pb2
 from editstore.server.errors import InvalidArgument
 from editstore.server.events import StateChanged
 from editstore.v1 import session_pb2 as pb
+
+logger = logging.getLogger(__name__)
 
 STATUS_TO_TEXT: dict[int, str] = {
     pb.SESSION_STATUS_IN_PROGRESS: "in_progress",
@@ -55,17 +58,51 @@ def _optional(message: Any, field: str) -> Any:
 _EPOCH = datetime.datetime(1970, 1, 1)
 
 
+_unreadable_times: set[str] = set()
+
+
+def _stored_time(value: Any) -> datetime.datetime | None:
+    """Return a naive UTC datetime for a time a row made by hand may hold.
+
+    SQLite keeps any value in a TIMESTAMP column: ISO 8601 text, with or
+    without an offset, or seconds since 1970 (``unixepoch()``). Anything
+    else is returned as None, so the field is unset, and logged once.
+    """
+    try:
+        if isinstance(value, str):
+            parsed = datetime.datetime.fromisoformat(value)
+        elif isinstance(value, (int, float)):
+            parsed = datetime.datetime.fromtimestamp(value, datetime.UTC)
+        else:
+            raise TypeError(type(value).__name__)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(datetime.UTC).replace(tzinfo=None)
+        return parsed
+    except (ValueError, TypeError, OverflowError, OSError):
+        text = repr(value)[:100]
+        if text not in _unreadable_times and len(_unreadable_times) < 100:
+            _unreadable_times.add(text)
+            logger.warning(
+                "a stored time is neither ISO 8601 text nor seconds since 1970, "
+                "so it is returned unset: %s",
+                text,
+            )
+        return None
+
+
 def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
     """Return a Timestamp for a naive UTC datetime, None for None."""
     if value is None:
         return None
-    # NOTE: SQLite keeps any value in a TIMESTAMP column. A row made by hand
-    # with a time stored as a number or as text that is not ISO 8601 fails
-    # here, and its read answers INTERNAL.
-    if isinstance(value, str):
-        value = datetime.datetime.fromisoformat(value)
+    if not isinstance(value, datetime.datetime):
+        stored = _stored_time(value)
+        if stored is None:
+            return None
+        value = stored
+    elif value.tzinfo is not None:
+        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
     # Timestamp.FromDatetime does the same in Python at four times the cost.
-    delta = value.replace(tzinfo=None) - _EPOCH
+    delta = value - _EPOCH
     return timestamp_pb2.Timestamp(
         seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
     )

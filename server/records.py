@@ -244,6 +244,8 @@ def delete_session(session_id: str) -> Operation:
 
 
 def encode_page_token(row: Row, filters: Row) -> str:
+    # NOTE: a row made by hand whose created_at is a number or text that is
+    # not ISO 8601 fails here when a page ends on it (INTERNAL).
     created_at = row["created_at"]
     payload = {
         "t": None if created_at is None else created_at.isoformat(),

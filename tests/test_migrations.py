@@ -200,6 +200,48 @@ def test_hand_made_database_is_served_after_migrate(
         process.stop()
 
 
+def test_hand_made_times_in_other_forms_are_read(
+    hand_database: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    # SQLite keeps any value in a TIMESTAMP column: seconds since 1970, ISO
+    # 8601 with an offset, or text that is no time at all.
+    with contextlib.closing(sqlite3.connect(hand_database)) as connection:
+        connection.executescript(
+            """
+            INSERT INTO sessions (id, created_at, image_path, naive_prompt)
+            VALUES ('s-epoch', 1704164645, 'e.jpg', 'warm it up'),
+                ('s-offset', '2024-01-02T05:04:05+02:00', 'f.jpg', 'cool it'),
+                ('s-garbled', 'yesterday', 'g.jpg', 'crop it');
+            """
+        )
+    result = run_editstore("migrate", "--database", f"sqlite:///{hand_database}")
+    assert result.returncode == 0, result.stderr
+    process = Daemon(
+        f"sqlite:///{hand_database}", port=free_port(), log_path=tmp_path / "log"
+    )
+    process.start()
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            epoch, offset, garbled = (
+                stub.GetSession(pb.GetSessionRequest(id=session_id), timeout=10)
+                for session_id in ("s-epoch", "s-offset", "s-garbled")
+            )
+            resumed = stub.ResumeSession(
+                pb.ResumeSessionRequest(id="s-garbled"), timeout=10
+            )
+    finally:
+        process.stop()
+
+    expected = stamp_of("2024-01-02 03:04:05")
+    assert epoch.create_time.ToDatetime(tzinfo=datetime.UTC) == expected
+    assert offset.create_time.ToDatetime(tzinfo=datetime.UTC) == expected
+    assert not garbled.HasField("create_time")
+    assert garbled.naive_prompt == "crop it"
+    assert resumed.session.id == "s-garbled"
+    assert "'yesterday'" in process.log_path.read_text()
+
+
 def check_hand_rows(stub: session_pb2_grpc.SessionServiceStub) -> None:
     """Read the rows of HAND_ROWS through the API and compare them."""
     full = stub.ResumeSession(pb.ResumeSessionRequest(id="s-full"), timeout=10)
