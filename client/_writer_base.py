@@ -40,6 +40,7 @@ class WriterBase(Generic[TransportT]):
     """
 
     _wakeup: Wakeup
+    _journal_requested: bool
 
     def __init__(
         self,
@@ -69,6 +70,10 @@ class WriterBase(Generic[TransportT]):
             collections.deque()
         )
         self._closed = False
+        # With a journal, the first update after a journal write wakes the
+        # sender to journal it; the later ones wait for that write's turn.
+        self._journal_soon = journal_path is not None
+        self._journal_requested = False
         self._important = ImportantUpdateRule()
         self._queue = PatchQueue(session_id, flush_interval, backoff, clock, logger)
 
@@ -112,6 +117,17 @@ class WriterBase(Generic[TransportT]):
         """How many batches the daemon applied; each made one new version."""
         return self._queue.acknowledged_batches
 
+    def _should_gather_journal(self) -> bool:
+        """Return whether an update asked for a journal write since the last
+        gathering wait."""
+        return self._journal_requested
+
+    def _end_journal_gathering(self) -> None:
+        """Let the next update wake the sender, and wake it for queued ones."""
+        self._journal_requested = False
+        if self._inbox:
+            self._wakeup.set()
+
     def _mark_closed(self) -> bool:
         """Mark the writer closed, and return False when it already was."""
         if self._closed:
@@ -144,4 +160,7 @@ class WriterBase(Generic[TransportT]):
             important = self._important.matches(patch)
         self._inbox.append((snapshot, important))
         if important:
+            self._wakeup.set()
+        elif self._journal_soon and not self._journal_requested:
+            self._journal_requested = True
             self._wakeup.set()

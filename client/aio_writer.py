@@ -56,6 +56,7 @@ from editstore.client._patch_queue import (
     DEFAULT_BACKOFF,
     DEFAULT_EXIT_TIMEOUT,
     DEFAULT_FLUSH_INTERVAL,
+    JOURNAL_DELAY,
     NO_RETRY,
     FlushRequest,
     closed_client_error,
@@ -291,6 +292,12 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
                 finally:
                     self._passes_done += 1
                     self._release_pass_waiters()
+                if keep_running and self._should_gather_journal():
+                    # The updates of the next JOURNAL_DELAY seconds go into
+                    # one journal write. A flush or an important update ends
+                    # the wait.
+                    await self._wait_for_wakeup(JOURNAL_DELAY)
+                    self._end_journal_gathering()
         except asyncio.CancelledError:
             await self._stop_with_unsent()
             raise

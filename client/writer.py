@@ -29,9 +29,10 @@ dropped with it.
 
 With ``journal_path`` the writer keeps a journal (see
 `editstore.client.journal`): the last acknowledged document and every patch
-not yet acknowledged, rewritten atomically before each send, after each
-acknowledgement and at close. A writer built on a journal that holds unsent
-patches sends them at once, with the request ids they had::
+not yet acknowledged, rewritten atomically within 0.1 s of an update,
+before each send, after each acknowledgement and at close. A writer built
+on a journal that holds unsent patches sends them at once, with the request
+ids they had::
 
     writer = StateWriter.recover(client, "state/session.json")
     writer.flush()
@@ -55,6 +56,7 @@ from editstore.client._patch_queue import (
     DEFAULT_BACKOFF,
     DEFAULT_EXIT_TIMEOUT,
     DEFAULT_FLUSH_INTERVAL,
+    JOURNAL_DELAY,
     NO_RETRY,
     FlushRequest,
     closed_client_error,
@@ -287,6 +289,11 @@ class StateWriter(WriterBase[StateTransport]):
                 with self._progress:
                     self._passes_done += 1
                     self._progress.notify_all()
+            if keep_running and self._should_gather_journal():
+                # The updates of the next JOURNAL_DELAY seconds go into one
+                # journal write. A flush or an important update ends the wait.
+                self._wakeup.wait(JOURNAL_DELAY)
+                self._end_journal_gathering()
 
     def _seconds_until_due(self) -> float:
         # flush(), close() and important updates set _wakeup, which ends the

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.timeout(180)
 
 AGENT = textwrap.dedent(
     """
+    import os
+    import signal
     import sys
+    import time
 
     from editstore.client import Client, StateWriter
 
@@ -43,6 +46,11 @@ AGENT = textwrap.dedent(
             sys.exit(3)
         if ending == "raise":
             raise RuntimeError("the agent crashed")
+        if ending == "kill":
+            # Ten times the writer's journal delay, then a death that runs
+            # no exit handler.
+            time.sleep(1)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
     main()
@@ -122,6 +130,64 @@ def test_daemon_down_at_exit_leaves_journal(
     recovered = json.loads(journal.read_text(encoding="utf-8"))
     assert recovered["unsent"] == []
     assert recovered["document"] == EXPECTED
+
+
+AGENT_ASYNC = textwrap.dedent(
+    """
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    from editstore.client import AsyncClient, AsyncStateWriter
+
+    address, session_id, journal = sys.argv[1:4]
+
+
+    async def main() -> None:
+        client = AsyncClient(address)
+        writer = AsyncStateWriter(client, session_id, journal_path=journal)
+        for index in range(30):
+            writer.update({f"key_{index:02d}": index})
+        await asyncio.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("writer", ["sync", "async"])
+def test_killed_program_leaves_updates_in_journal(
+    daemon: Daemon, tmp_path: pathlib.Path, writer: str
+) -> None:
+    # Nothing was sent: the interval is 5 s and no update is important. The
+    # journal alone keeps the updates.
+    journal = tmp_path / "agent-state.json"
+    with Client(daemon.address) as client:
+        session = client.create_session("/photos/39769.png", "make the cats purple")
+    args: tuple[str, ...]
+    if writer == "sync":
+        args = (AGENT, daemon.address, session.id, "kill", str(journal), "10")
+    else:
+        args = (AGENT_ASYNC, daemon.address, session.id, str(journal))
+    result = run_program(*args)
+    assert result.returncode == -9, result.stderr
+
+    content = json.loads(journal.read_text(encoding="utf-8"))
+    unsent: dict[str, object] = {}
+    for item in content["unsent"]:
+        unsent.update(item["merge_patch"])
+    assert unsent == EXPECTED
+    with Client(daemon.address) as client:
+        assert client.get_state(session.id).version == 0
+    result = run_program(RECOVER, daemon.address, str(journal))
+    assert result.returncode == 0, result.stderr
+    with Client(daemon.address) as client:
+        state = client.get_state(session.id)
+    assert state.document == EXPECTED
+    assert state.version == 1
 
 
 def test_recovery_does_not_apply_a_landed_batch_twice(
