@@ -7,8 +7,9 @@ they send a request.
 from __future__ import annotations
 
 import datetime
+import enum
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -53,9 +54,21 @@ _WATCH_FROM_PROTO = {
     state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED: WatchEventType.SESSION_DELETED,
 }
 
+EnumT = TypeVar("EnumT", bound=enum.StrEnum)
+
 SESSION_UPDATE_FIELDS = frozenset(
     {"image_path", "naive_prompt", "status", "final_alignment_score"}
 )
+
+
+def _member(enum_class: type[EnumT], field: str, value: Any) -> EnumT:
+    """Return the member of ``enum_class`` for ``value``, or raise naming
+    the field and the values it takes."""
+    try:
+        return enum_class(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum_class)
+        raise ValueError(f"{field} must be one of {allowed}, got {value!r}") from None
 
 
 def status_to_proto(
@@ -63,13 +76,13 @@ def status_to_proto(
 ) -> session_pb2.SessionStatus:
     if status is None:
         return session_pb2.SESSION_STATUS_UNSPECIFIED
-    return _STATUS_TO_PROTO[SessionStatus(status)]
+    return _STATUS_TO_PROTO[_member(SessionStatus, "status", status)]
 
 
 def feedback_type_to_proto(
     feedback_type: FeedbackType | str,
 ) -> session_pb2.FeedbackType:
-    return _FEEDBACK_TO_PROTO[FeedbackType(feedback_type)]
+    return _FEEDBACK_TO_PROTO[_member(FeedbackType, "feedback_type", feedback_type)]
 
 
 def timestamp_from_datetime(value: datetime.datetime) -> timestamp_pb2.Timestamp:

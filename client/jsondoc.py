@@ -13,6 +13,7 @@ lets the state writer send many updates as one patch.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 __all__ = [
@@ -34,10 +35,52 @@ def dumps(value: Any) -> str:
     """Serialise a value as compact JSON text.
 
     Raises:
-        ValueError: The value contains NaN or Infinity.
-        TypeError: The value contains something JSON has no type for.
+        ValueError: The value contains NaN or Infinity; the message names
+            the member, such as ``scores.alignment``.
+        TypeError: The value contains something JSON has no type for; the
+            message names the member and the type.
     """
-    return _ENCODER.encode(value)
+    try:
+        return _ENCODER.encode(value)
+    except (ValueError, TypeError) as error:
+        found = _first_invalid(value, "")
+        if found is None:
+            raise
+        path, bad = found
+        where = f"member {path}" if path else "the value"
+        if isinstance(bad, float):
+            raise ValueError(
+                f"{where} is {bad!r}: JSON, and so the state document, has no "
+                "NaN or Infinity"
+            ) from error
+        raise TypeError(
+            f"{where} is a {type(bad).__name__}, which JSON cannot hold; use a "
+            "dict, list, str, int, float, bool or None"
+        ) from error
+
+
+def _first_invalid(value: Any, path: str) -> tuple[str, Any] | None:
+    """Return the path and value of the first value JSON cannot hold."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if value is None or isinstance(value, (str, int)):
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if not (key is None or isinstance(key, (str, int, float))):
+                return name, key
+            found = _first_invalid(item, name)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _first_invalid(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return path, value
 
 
 def _reject_constant(name: str) -> Any:

@@ -319,8 +319,32 @@ def test_state_rule_break_is_invalid_argument(client: Client) -> None:
 
 def test_nan_is_rejected_before_sending(client: Client) -> None:
     session = make_session(client)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as nan:
         client.put_state(session.id, {"score": float("nan")})
+    with pytest.raises(ValueError) as infinity:
+        client.patch_state(session.id, {"a": {"b": [1, float("inf")]}})
+    with pytest.raises(TypeError) as unsupported:
+        client.patch_state(session.id, {"tags": {"sky", "sea"}})
+
+    assert "member score is nan" in str(nan.value)
+    assert "member a.b[1] is inf" in str(infinity.value)
+    assert "member tags is a set" in str(unsupported.value)
+    assert client.get_state(session.id).version == 0
+
+
+def test_unknown_enum_value_names_field_and_values(client: Client) -> None:
+    session = make_session(client)
+    with pytest.raises(ValueError) as feedback:
+        client.create_user_feedback(session.id, "negative")
+    with pytest.raises(ValueError) as status:
+        client.update_session(session.id, status="done")
+
+    assert str(feedback.value) == (
+        "feedback_type must be one of accept, reject, partial, got 'negative'"
+    )
+    assert str(status.value) == (
+        "status must be one of in_progress, completed, failed, got 'done'"
+    )
 
 
 def test_list_state_versions(client: Client) -> None:
