@@ -109,6 +109,13 @@ class Daemon:
         """
         settings = self.settings
         loop = asyncio.get_running_loop()
+        path = database_module.sqlite_path(settings.database)
+        if path and path != ":memory:" and not settings.migrate:
+            if not os.path.exists(path):
+                raise migrate.SchemaError(
+                    f"no database at {path}: start with --migrate to create "
+                    "it, or check --database"
+                )
         self._lock_fd = database_module.lock_sqlite_file(settings.database)
         database = database_module.open_database(
             settings.database, settings.max_database_bytes

@@ -46,6 +46,10 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("grpc._cython.cygrpc").addFilter(_demote_unsent_response)
+    if level.lower() != "debug":
+        # editstore logs each migration it applies; peewee's own line for it
+        # would repeat it.
+        logging.getLogger("peewee.migrations").setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> config.Settings | None:
@@ -194,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring the database's schema up to this version of editstore.",
     )
     migrate_parser.add_argument(
-        "--database", default=None, help="database URL (env EDITSTORE_DATABASE)"
+        "--database",
+        default=None,
+        help="database URL (env EDITSTORE_DATABASE; default "
+        f"{config.DEFAULT_DATABASE})",
     )
     migrate_parser.add_argument("--log-level", default=None, help="log level")
     migrate_parser.set_defaults(handler=_migrate)

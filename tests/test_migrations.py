@@ -443,9 +443,21 @@ def refused_output(database_url: str, tmp_path: pathlib.Path) -> str:
 def test_serve_refuses_database_behind_code(
     database_url: str, tmp_path: pathlib.Path
 ) -> None:
+    if database_url.startswith("sqlite:///"):
+        # An empty SQLite file: a database at schema version 0.
+        sqlite3.connect(database_url.removeprefix("sqlite:///")).close()
     output = refused_output(database_url, tmp_path)
     assert "editstore migrate" in output
     assert "version 0" in output
+
+
+def test_serve_without_migrate_creates_no_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "typo.db"
+    output = refused_output(f"sqlite:///{path}", tmp_path)
+
+    assert f"no database at {path}" in output
+    assert "--migrate" in output
+    assert sorted(tmp_path.iterdir()) == []
 
 
 @pytest.mark.timeout(180)
