@@ -60,7 +60,8 @@ _HELP = {
     "watch_buffer": "events buffered per watcher before it is sent a snapshot",
     "reader_threads": "threads that run database reads",
     "grace_seconds": "seconds that calls in flight get to finish on SIGTERM",
-    "max_database_bytes": "quota of the SQLite database file in bytes; 0: none",
+    "max_database_bytes": "quota of the SQLite database's pages in bytes, "
+    "not counting its write-ahead log file; 0: none",
     "request_id_retention_hours": "hours a request id is remembered for retries",
     "auth_tokens": "comma-separated bearer tokens; empty: no authentication",
     "tls_cert": "path of the server's PEM certificate chain; enables TLS",
