@@ -164,6 +164,16 @@ def _health(args: argparse.Namespace) -> int:
             )
     except grpc.RpcError as error:
         print(f"editstore at {args.address}: {error.code().name}", file=sys.stderr)
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            # gRPC's details say why: no listener, or a TLS handshake that a
+            # plaintext check cannot make.
+            print(f"  {error.details()}", file=sys.stderr)
+            if not args.tls_ca:
+                print(
+                    "  if the daemon uses TLS, pass --tls-ca (and --tls-cert "
+                    "and --tls-key for mutual TLS)",
+                    file=sys.stderr,
+                )
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"editstore at {args.address}: {status}")

@@ -246,6 +246,9 @@ def test_health_command_reports_serving(
         process.stop()
     stopped = run("health", "--address", process.address, "--timeout", "1")
     assert stopped.returncode != 0
+    assert "UNAVAILABLE" in stopped.stderr
+    assert "failed to connect" in stopped.stderr
+    assert "if the daemon uses TLS, pass --tls-ca" in stopped.stderr
 
 
 def test_unsent_response_error_logged_at_debug() -> None:
