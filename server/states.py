@@ -169,6 +169,8 @@ def put_state(
     change = StateChange(
         session_id, expected_version, limits, document=document, text=text
     )
+    if not request_id:
+        return change
     payload = {"session_id": session_id, "document": text, "expected": expected_version}
     return requests.once(
         "PutState",
@@ -196,6 +198,8 @@ def patch_state(
     change = StateChange(
         session_id, expected_version, limits, patch=patch, patch_text=patch_text
     )
+    if not request_id:
+        return change
     payload = {
         "session_id": session_id,
         "patch": patch_text,
