@@ -48,6 +48,7 @@ from editstore.client.errors import (
     Unimplemented,
     Unknown,
 )
+from editstore.client.journal import JournalInUse
 from editstore.client.models import (
     BoundingBox,
     Entity,
@@ -90,6 +91,7 @@ __all__ = [
     "FeedbackType",
     "Internal",
     "InvalidArgument",
+    "JournalInUse",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",

@@ -6,6 +6,7 @@ they send a request.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 from collections.abc import Iterable, Mapping
@@ -67,6 +68,10 @@ def _member(enum_class: type[EnumT], field: str, value: Any) -> EnumT:
     try:
         return enum_class(value)
     except ValueError:
+        if isinstance(value, str) and value.lower() != value:
+            # The member's name, as in SessionStatus.COMPLETED, is accepted.
+            with contextlib.suppress(ValueError):
+                return enum_class(value.lower())
         allowed = ", ".join(member.value for member in enum_class)
         raise ValueError(f"{field} must be one of {allowed}, got {value!r}") from None
 

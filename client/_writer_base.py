@@ -20,7 +20,7 @@ from editstore.client._patch_queue import (
     Snapshot,
     snapshot_patch,
 )
-from editstore.client.journal import Journal
+from editstore.client.journal import Journal, JournalLock, remove_stale
 from editstore.client.settings import RetryPolicy
 
 TransportT = TypeVar("TransportT")
@@ -74,15 +74,27 @@ class WriterBase(Generic[TransportT]):
         # sender to journal it; the later ones wait for that write's turn.
         self._journal_soon = journal_path is not None
         self._journal_requested = False
+        # Set with _wakeup by what must not wait: a flush, a close, an
+        # important update. A journal write waits for the updates after it.
+        self._urgent_wake = False
+        self._journal_failing = False
+        self._logger = logger
         self._important = ImportantUpdateRule()
         self._queue = PatchQueue(session_id, flush_interval, backoff, clock, logger)
 
+        self._journal_lock: JournalLock | None = None
         if journal_path is not None:
-            journal = Journal.load(journal_path)
-            if journal is not None:
-                self._queue.load_journal(journal, journal_path)
-                if journal.unsent:
-                    self._wakeup.set()
+            self._journal_lock = JournalLock(journal_path)
+            self._journal_lock.acquire()
+            try:
+                journal = Journal.load(journal_path)
+                if journal is not None:
+                    self._queue.load_journal(journal, journal_path)
+            except BaseException:
+                self._journal_lock.release()
+                raise
+            if journal is not None and journal.unsent:
+                self._wake_now()
 
     @classmethod
     def recover(
@@ -116,6 +128,44 @@ class WriterBase(Generic[TransportT]):
     def acknowledged_batches(self) -> int:
         """How many batches the daemon applied; each made one new version."""
         return self._queue.acknowledged_batches
+
+    def _wake_now(self) -> None:
+        """Wake the sender for something that must not wait."""
+        self._urgent_wake = True
+        self._wakeup.set()
+
+    def _journal_written(self) -> None:
+        if self._journal_failing:
+            self._journal_failing = False
+            self._logger.warning(
+                "state journal of session %s written to %s again",
+                self.session_id,
+                os.fspath(self.journal_path or ""),
+            )
+
+    def _journal_failed(self, error: OSError) -> None:
+        """Remove the journal a write could not replace, and log the first
+        failure of a run of them."""
+        assert self.journal_path is not None
+        removed = remove_stale(self.journal_path)
+        if self._journal_failing:
+            return
+        self._journal_failing = True
+        self._logger.error(
+            "state journal of session %s not written to %s: %s; %s",
+            self.session_id,
+            os.fspath(self.journal_path),
+            error,
+            "the older journal was removed, so no later writer sends its patches again"
+            if removed
+            else "the older journal could not be removed either: do not "
+            "recover from it, because it holds patches the daemon may have "
+            "applied since",
+        )
+
+    def _release_journal(self) -> None:
+        if self._journal_lock is not None:
+            self._journal_lock.release()
 
     def _should_gather_journal(self) -> bool:
         """Return whether an update asked for a journal write since the last
@@ -160,7 +210,7 @@ class WriterBase(Generic[TransportT]):
             important = self._important.matches(patch)
         self._inbox.append((snapshot, important))
         if important:
-            self._wakeup.set()
+            self._wake_now()
         elif self._journal_soon and not self._journal_requested:
             self._journal_requested = True
             self._wakeup.set()

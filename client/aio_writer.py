@@ -188,7 +188,7 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
             raise RuntimeError(f"state writer of session {self.session_id} is closed")
         request = _AsyncFlushRequest(False, self._loop)
         self._inbox.append(request)
-        self._wakeup.set()
+        self._wake_now()
         await asyncio.wait(
             [request.done, self._task],
             timeout=timeout,
@@ -215,7 +215,7 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
             return self._task.done() and not self._has_unsent()
         request = _AsyncFlushRequest(True, self._loop)
         self._inbox.append(request)
-        self._wakeup.set()
+        self._wake_now()
         limit = self.exit_timeout if timeout is None else timeout
         await asyncio.wait([self._task], timeout=limit)
         if not self._task.done():
@@ -244,7 +244,7 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
         call has finished, e.g. after moving a fake clock.
         """
         target = self._passes_started + 1
-        self._wakeup.set()
+        self._wake_now()
         if not wait or self._task.done():
             return
         passed: asyncio.Future[None] = self._loop.create_future()
@@ -281,6 +281,7 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
             keep_running = True
             while keep_running:
                 await self._wait_for_wakeup(self._queue.seconds_until_due())
+                self._urgent_wake = False
                 self._passes_started += 1
                 try:
                     keep_running = await self._run_pass()
@@ -293,14 +294,24 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
                     self._passes_done += 1
                     self._release_pass_waiters()
                 if keep_running and self._should_gather_journal():
-                    # The updates of the next JOURNAL_DELAY seconds go into
-                    # one journal write. A flush or an important update ends
-                    # the wait.
-                    await self._wait_for_wakeup(JOURNAL_DELAY)
-                    self._end_journal_gathering()
+                    await self._gather_journal()
         except asyncio.CancelledError:
             await self._stop_with_unsent()
             raise
+        finally:
+            self._release_journal()
+
+    async def _gather_journal(self) -> None:
+        """Wait JOURNAL_DELAY seconds, so that the updates meanwhile go into
+        one journal write. Only a flush, a close or an important update ends
+        the wait early."""
+        deadline = self._loop.time() + JOURNAL_DELAY
+        while not self._urgent_wake:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+            await self._wait_for_wakeup(remaining)
+        self._end_journal_gathering()
 
     async def _wait_for_wakeup(self, seconds: float) -> None:
         if seconds <= 0:
@@ -403,11 +414,8 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
             # Shielded so that a cancelled task leaves the write to finish,
             # and the write after it waits for it.
             await asyncio.shield(write)
-        except OSError:
-            logger.exception(
-                "state journal of session %s not written to %s",
-                self.session_id,
-                os.fspath(self.journal_path),
-            )
+        except OSError as error:
+            self._journal_failed(error)
             return
+        self._journal_written()
         queue.journal_dirty = False

@@ -32,13 +32,22 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from editstore.client import jsondoc
 
-__all__ = ["JOURNAL_FORMAT", "Journal", "JournalPatch", "write_atomic"]
+__all__ = [
+    "JOURNAL_FORMAT",
+    "Journal",
+    "JournalInUse",
+    "JournalLock",
+    "JournalPatch",
+    "remove_stale",
+    "write_atomic",
+]
 
 JOURNAL_FORMAT = "editstore-state-journal/1"
 
@@ -156,3 +165,68 @@ def _fsync_folder(folder: pathlib.Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+class JournalInUse(ValueError):
+    """Another state writer, in this process or another, uses the journal."""
+
+
+class JournalLock:
+    """An advisory lock that lets one state writer at a time use a journal.
+
+    Two writers on one journal would each send the other's patches again
+    under new request ids. The lock is ``flock`` on a file beside the
+    journal, ``.NAME.lock``; the system releases it when the process dies.
+    Where ``flock`` does not exist (Windows), nothing is locked.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._journal = pathlib.Path(path)
+        self._path = self._journal.parent / f".{self._journal.name}.lock"
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock.
+
+        Raises:
+            JournalInUse: another writer holds it.
+            OSError: the lock file cannot be created.
+        """
+        if sys.platform == "win32":
+            return
+        import fcntl
+
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise JournalInUse(
+                f"journal {self._journal} is in use "
+                "by another state writer; close that one first, or give each "
+                "writer its own journal"
+            ) from None
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        """Release the lock; releasing twice does nothing."""
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def remove_stale(path: str | os.PathLike[str]) -> bool:
+    """Remove a journal that a failed write could not replace.
+
+    The journal on disk is then older than the writer's updates, and a
+    writer built on it later would send patches the daemon has applied
+    since. Returns whether no journal is left.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

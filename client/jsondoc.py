@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "apply_merge_patch",
+    "compose_into",
     "compose_merge_patches",
     "dumps",
     "loads",
@@ -41,13 +42,27 @@ def dumps(value: Any) -> str:
             message names the member and the type.
     """
     try:
-        return _ENCODER.encode(value)
+        text = _ENCODER.encode(value)
+        if not text.isascii():
+            # A lone surrogate passes the encoder but has no UTF-8 form.
+            text.encode("utf-8")
+        return text
     except (ValueError, TypeError) as error:
         found = _first_invalid(value, "")
         if found is None:
             raise
-        path, bad = found
+        path, bad, is_key = found
         where = f"member {path}" if path else "the value"
+        if is_key:
+            raise TypeError(
+                f"{where} has the key {bad!r}, a {type(bad).__name__}; JSON keys "
+                "are strings"
+            ) from error
+        if isinstance(bad, str):
+            raise ValueError(
+                f"{where} contains an unpaired surrogate such as \\ud800, which "
+                "is not valid Unicode"
+            ) from error
         if isinstance(bad, float):
             raise ValueError(
                 f"{where} is {bad!r}: JSON, and so the state document, has no "
@@ -59,17 +74,31 @@ def dumps(value: Any) -> str:
         ) from error
 
 
-def _first_invalid(value: Any, path: str) -> tuple[str, Any] | None:
-    """Return the path and value of the first value JSON cannot hold."""
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_invalid(value: Any, path: str) -> tuple[str, Any, bool] | None:
+    """Return the path of the first value or key JSON cannot hold, the value
+    or key, and whether it is a key."""
     if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value)
-    if value is None or isinstance(value, (str, int)):
+        return None if math.isfinite(value) else (path, value, False)
+    if isinstance(value, str):
+        return None if _encodable(value) else (path, value, False)
+    if value is None or isinstance(value, int):
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            name = f"{path}.{key}" if path else str(key)
             if not (key is None or isinstance(key, (str, int, float))):
-                return name, key
+                return path, key, True
+            shown = key if _encodable(str(key)) else ascii(key)
+            name = f"{path}.{shown}" if path else str(shown)
+            if isinstance(key, str) and not _encodable(key):
+                return name, key, False
             found = _first_invalid(item, name)
             if found is not None:
                 return found
@@ -80,7 +109,7 @@ def _first_invalid(value: Any, path: str) -> tuple[str, Any] | None:
             if found is not None:
                 return found
         return None
-    return path, value
+    return path, value, False
 
 
 def _reject_constant(name: str) -> Any:
@@ -119,6 +148,38 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = apply_merge_patch(result.get(key), value)
     return result
+
+
+def compose_into(first: JSONObject, second: JSONObject) -> bool:
+    """Change ``first`` into the patch that ``compose_merge_patches`` returns.
+
+    Returns False, changing nothing, when no single merge patch can do it.
+    ``first`` then shares objects with ``second``, so both must belong to
+    the caller alone. Unlike ``compose_merge_patches`` it copies nothing, so
+    composing many small patches into one costs the size of each, not of
+    the composition.
+    """
+    if not _composable(first, second):
+        return False
+    _compose_in_place(first, second)
+    return True
+
+
+def _composable(first: JSONObject, second: JSONObject) -> bool:
+    for key, value in second.items():
+        if isinstance(value, dict) and key in first:
+            earlier = first[key]
+            if not isinstance(earlier, dict) or not _composable(earlier, value):
+                return False
+    return True
+
+
+def _compose_in_place(first: JSONObject, second: JSONObject) -> None:
+    for key, value in second.items():
+        if isinstance(value, dict) and key in first:
+            _compose_in_place(first[key], value)
+        else:
+            first[key] = value
 
 
 def compose_merge_patches(first: JSONObject, second: JSONObject) -> JSONObject | None:

@@ -187,7 +187,7 @@ class StateWriter(WriterBase[StateTransport]):
             raise RuntimeError(f"state writer of session {self.session_id} is closed")
         request = _FlushRequest(closing=False)
         self._inbox.append(request)
-        self._wakeup.set()
+        self._wake_now()
         if not request.done.wait(timeout):
             return False
         if request.error is not None:
@@ -219,7 +219,7 @@ class StateWriter(WriterBase[StateTransport]):
             _OPEN_WRITERS.discard(self)
         request = _FlushRequest(closing=True)
         self._inbox.append(request)
-        self._wakeup.set()
+        self._wake_now()
         return request
 
     def _finish_close(self, request: _FlushRequest, timeout: float) -> bool:
@@ -227,6 +227,7 @@ class StateWriter(WriterBase[StateTransport]):
         if self._thread.is_alive():
             self._abandon()
             return False
+        self._release_journal()
         if request.error is not None:
             logger.error(
                 "state writer of session %s closed after an error: %s",
@@ -255,7 +256,7 @@ class StateWriter(WriterBase[StateTransport]):
         """
         with self._progress:
             target = self._passes_started + 1
-        self._wakeup.set()
+        self._wake_now()
         if not wait:
             return
         with self._progress:
@@ -275,6 +276,7 @@ class StateWriter(WriterBase[StateTransport]):
         while keep_running:
             self._wakeup.wait(self._seconds_until_due())
             self._wakeup.clear()
+            self._urgent_wake = False
             with self._progress:
                 self._passes_started += 1
             try:
@@ -290,10 +292,21 @@ class StateWriter(WriterBase[StateTransport]):
                     self._passes_done += 1
                     self._progress.notify_all()
             if keep_running and self._should_gather_journal():
-                # The updates of the next JOURNAL_DELAY seconds go into one
-                # journal write. A flush or an important update ends the wait.
-                self._wakeup.wait(JOURNAL_DELAY)
-                self._end_journal_gathering()
+                self._gather_journal()
+
+    def _gather_journal(self) -> None:
+        """Wait JOURNAL_DELAY seconds, so that the updates meanwhile go into
+        one journal write. Only a flush, a close or an important update ends
+        the wait early."""
+        deadline = time.monotonic() + JOURNAL_DELAY
+        while not self._urgent_wake:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.wait(remaining)
+            if not self._urgent_wake:
+                self._wakeup.clear()
+        self._end_journal_gathering()
 
     def _seconds_until_due(self) -> float:
         # flush(), close() and important updates set _wakeup, which ends the
@@ -353,13 +366,10 @@ class StateWriter(WriterBase[StateTransport]):
             return
         try:
             queue.journal().save(self.journal_path)
-        except OSError:
-            logger.exception(
-                "state journal of session %s not written to %s",
-                self.session_id,
-                os.fspath(self.journal_path),
-            )
+        except OSError as error:
+            self._journal_failed(error)
             return
+        self._journal_written()
         queue.journal_dirty = False
 
     def _abandon(self) -> None:
@@ -374,7 +384,8 @@ class StateWriter(WriterBase[StateTransport]):
             self._queue.drain(self._inbox)
             self._save_journal(force=True)
             unsent = self._queue.unsent_count()
-        self._wakeup.set()
+            self._release_journal()
+        self._wake_now()
         log_unsent_at_stop(
             logger, self.session_id, unsent, self.journal_path, "StateWriter"
         )

@@ -345,6 +345,8 @@ def test_unknown_enum_value_names_field_and_values(client: Client) -> None:
     assert str(status.value) == (
         "status must be one of in_progress, completed, failed, got 'done'"
     )
+    # The member's name is accepted as well as its value.
+    assert client.update_session(session.id, status="COMPLETED").status == "completed"
 
 
 def test_list_state_versions(client: Client) -> None:

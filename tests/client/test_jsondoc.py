@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Any
@@ -93,6 +94,31 @@ def test_compose_leaves_arguments_unchanged() -> None:
     jsondoc.compose_merge_patches(first, second)
     assert first == {"a": {"b": 1}}
     assert second == {"a": {"c": 2}}
+
+
+def test_compose_into_matches_compose() -> None:
+    for first, second in itertools.product(PATCHES, repeat=2):
+        expected = jsondoc.compose_merge_patches(first, second)
+        owned = copy.deepcopy(first)
+
+        composed = jsondoc.compose_into(owned, copy.deepcopy(second))
+
+        assert composed == (expected is not None), (first, second)
+        assert owned == (first if expected is None else expected), (first, second)
+
+
+def test_dumps_names_invalid_member() -> None:
+    cases: list[tuple[Any, type[Exception], str]] = [
+        ({"a": {"b": [1, math.inf]}}, ValueError, "member a.b[1] is inf"),
+        ({"tags": {"sky"}}, TypeError, "member tags is a set"),
+        ({"k": "\ud800"}, ValueError, "member k contains an unpaired surrogate"),
+        ({"a": {("t",): 1}}, TypeError, "member a has the key ('t',), a tuple"),
+        (math.nan, ValueError, "the value is nan"),
+    ]
+    for value, error_class, message in cases:
+        with pytest.raises(error_class) as raised:
+            jsondoc.dumps(value)
+        assert message in str(raised.value)
 
 
 def test_dumps_keeps_unicode_and_rejects_nan() -> None:
