@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -118,3 +119,22 @@ def real_data() -> pathlib.Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """Mount a tmpfs of ``size`` (such as "3m") on a new folder, or skip.
+
+    Mounting needs root, which CI has.
+    """
+    folder.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"can not mount a small tmpfs: {result.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

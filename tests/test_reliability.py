@@ -20,7 +20,7 @@ import pytest
 from editstore.server import writer as writer_module
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
-from tests.conftest import POSTGRES_ENV
+from tests.conftest import POSTGRES_ENV, small_tmpfs
 from tests.daemon import Daemon, free_port
 
 
@@ -531,19 +531,9 @@ def test_stream_after_database_full_applies_nothing_later(
 
 
 @pytest.fixture
-def small_disk(tmp_path: pathlib.Path):
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"can not mount a small tmpfs: {result.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    with small_tmpfs(tmp_path / "small-disk", "3m") as folder:
+        yield folder
 
 
 @pytest.mark.timeout(120)

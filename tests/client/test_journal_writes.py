@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import pathlib
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -17,6 +16,7 @@ import pytest
 
 from editstore.client import AsyncClient, AsyncStateWriter, Client, StateWriter
 from editstore.client.journal import Journal, JournalInUse
+from tests.conftest import small_tmpfs
 from tests.daemon import Daemon
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,18 +73,8 @@ def test_journal_writes_gathered_during_updates(
 
 @pytest.fixture
 def tiny_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    mount_point = tmp_path / "tiny-disk"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"can not mount a small tmpfs: {result.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with small_tmpfs(tmp_path / "tiny-disk", "64k") as folder:
+        yield folder
 
 
 def test_failed_journal_write_removes_older_journal(
