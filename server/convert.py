@@ -69,7 +69,9 @@ def _stored_time(value: Any) -> datetime.datetime | None:
     else is returned as None, so the field is unset, and logged once.
     """
     try:
-        if isinstance(value, str):
+        if isinstance(value, datetime.datetime):
+            parsed = value
+        elif isinstance(value, str):
             parsed = datetime.datetime.fromisoformat(value)
         elif isinstance(value, (int, float)):
             parsed = datetime.datetime.fromtimestamp(value, datetime.UTC)
@@ -94,13 +96,11 @@ def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None
     """Return a Timestamp for a naive UTC datetime, None for None."""
     if value is None:
         return None
-    if not isinstance(value, datetime.datetime):
+    if not isinstance(value, datetime.datetime) or value.tzinfo is not None:
         stored = _stored_time(value)
         if stored is None:
             return None
         value = stored
-    elif value.tzinfo is not None:
-        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
     # Timestamp.FromDatetime does the same in Python at four times the cost.
     delta = value - _EPOCH
     return timestamp_pb2.Timestamp(

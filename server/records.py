@@ -243,16 +243,40 @@ def delete_session(session_id: str) -> Operation:
     return operation
 
 
+# The created_at of a SQLite row as stored, which a row made by hand may hold
+# as a number or as text in any form, next to the parsed one.
+_RAW_CREATED_AT = "raw_created_at"
+_RAW_KINDS: dict[type, str] = {str: "s", int: "i", float: "f"}
+
+
 def encode_page_token(row: Row, filters: Row) -> str:
-    # NOTE: a row made by hand whose created_at is a number or text that is
-    # not ISO 8601 fails here when a page ends on it (INTERNAL).
+    """Return the token of the page after ``row``, a row of ``list_sessions``.
+
+    On SQLite the token carries created_at as stored, so that the next page
+    compares like with like whatever a row made by hand holds.
+    """
     created_at = row["created_at"]
-    payload = {
-        "t": None if created_at is None else created_at.isoformat(),
-        "i": row["id"],
-        "f": _filters_digest(filters),
-    }
+    payload: dict[str, Any] = {"i": row["id"], "f": _filters_digest(filters)}
+    raw = row.get(_RAW_CREATED_AT)
+    if raw is None:
+        payload["t"] = None if created_at is None else created_at.isoformat()
+    elif isinstance(raw, bytes):
+        payload["r"] = ["b", base64.b64encode(raw).decode("ascii")]
+    else:
+        payload["r"] = [_RAW_KINDS[type(raw)], raw]
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _raw_value(kind: Any, value: Any) -> Any:
+    """Return the stored created_at a token carries, or raise ValueError."""
+    if kind == "b" and isinstance(value, str):
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    if kind == "f" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    for python_type, name in _RAW_KINDS.items():
+        if kind == name and type(value) is python_type:
+            return value
+    raise ValueError("not a stored time this server wrote")
 
 
 def _filters_digest(filters: Row) -> str:
@@ -260,9 +284,12 @@ def _filters_digest(filters: Row) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _decode_page_token(
-    token: str, filters: Row
-) -> tuple[datetime.datetime | None, str]:
+def _decode_page_token(token: str, filters: Row) -> tuple[Any, str]:
+    """Return the created_at and id a token carries.
+
+    The created_at is a naive datetime, None for an undated row, or a
+    ``peewee.Value`` of the value stored in a SQLite row.
+    """
     try:
         data = base64.urlsafe_b64decode(token.encode("ascii"))
         # The decoder skips characters after the padding; a token that does
@@ -270,16 +297,22 @@ def _decode_page_token(
         if base64.urlsafe_b64encode(data).decode("ascii") != token:
             raise ValueError("not canonical base64")
         payload = json.loads(data)
-        created_at = (
-            None
-            if payload["t"] is None
-            else datetime.datetime.fromisoformat(payload["t"])
-        )
+        created_at: Any
+        if "r" in payload:
+            kind, value = payload["r"]
+            created_at = peewee.Value(_raw_value(kind, value), converter=False)
+            aware = False
+        else:
+            created_at = (
+                None
+                if payload["t"] is None
+                else datetime.datetime.fromisoformat(payload["t"])
+            )
+            aware = created_at is not None and created_at.tzinfo is not None
         session_id = payload["i"]
         digest = payload["f"]
         # The id goes into the query: PostgreSQL rejects a NUL in it with an
         # error that is not a database error.
-        aware = created_at is not None and created_at.tzinfo is not None
         if aware or not isinstance(session_id, str):
             raise ValueError("not a time and id this server wrote")
         validation.identifier("page_token", session_id)
@@ -322,22 +355,36 @@ def list_sessions(
     query = Session.select()
     if status is not None:
         query = query.where(Session.status == status)
+    # NOTE: SQLite orders numbers before all text, so rows made by hand with
+    # created_at stored as a number, or as text with an offset, are listed
+    # out of time order and are missed by the time filters.
     if created_after is not None:
         query = query.where(Session.created_at >= created_after)
     if created_before is not None:
         query = query.where(Session.created_at < created_before)
-    after: tuple[datetime.datetime | None, str] | None = None
+    after: tuple[Any, str] | None = None
     if page_token:
         after = _decode_page_token(page_token, filters)
     rows: list[Row] = []
     if after is None or after[0] is not None:
         dated = query.where(Session.created_at.is_null(False))
+        sqlite = isinstance(Session._meta.database.obj, peewee.SqliteDatabase)
+        if sqlite:
+            dated = dated.select_extend(
+                peewee.fn.IFNULL(Session.created_at, None)
+                .coerce(False)
+                .alias(_RAW_CREATED_AT)
+            )
         if after is not None:
             dated = dated.where(
                 peewee.Tuple(Session.created_at, Session.id) < peewee.Tuple(*after)
             )
         dated = dated.order_by(Session.created_at.desc(), Session.id.desc())
-        rows = [session_row(session) for session in dated.limit(page_size + 1)]
+        for session in dated.limit(page_size + 1):
+            row = session_row(session)
+            if sqlite:
+                row[_RAW_CREATED_AT] = getattr(session, _RAW_CREATED_AT)
+            rows.append(row)
     # Rows written by hand may have no creation time: they come last, by id.
     # A time filter never matches them.
     if len(rows) <= page_size and created_after is None and created_before is None:

@@ -242,6 +242,73 @@ def test_hand_made_times_in_other_forms_are_read(
     assert "'yesterday'" in process.log_path.read_text()
 
 
+# created_at values SQLite keeps that the daemon never writes: numbers,
+# offsets, text that is no time, a blob.
+ODD_TIMES: list[object] = [
+    -1000000000000000,
+    0,
+    1,
+    1700000000,
+    1700000000.5,
+    9999999999999,
+    1.0e20,
+    "",
+    "0001-01-01 00:00:00+05:00",
+    "2024-01-02 03:04:05.123456789",
+    "2024-01-02T03:04:05+02:00",
+    "2024-01-02T03:04:05Z",
+    "2024-13-45 99:99:99",
+    "9999-12-31T23:59:59-05:00",
+    "garbage",
+    b"\x00\x01",
+]
+
+
+def test_hand_made_odd_times_listed_and_read(
+    hand_database: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    odd_ids = [f"s-odd-{index:02d}" for index in range(len(ODD_TIMES))]
+    with contextlib.closing(sqlite3.connect(hand_database)) as connection:
+        connection.executemany(
+            "INSERT INTO sessions (id, created_at, image_path, naive_prompt) "
+            "VALUES (?, ?, 'odd.jpg', 'odd time')",
+            list(zip(odd_ids, ODD_TIMES, strict=True)),
+        )
+        connection.commit()
+        every_id = {row[0] for row in connection.execute("SELECT id FROM sessions")}
+    result = run_editstore("migrate", "--database", f"sqlite:///{hand_database}")
+    assert result.returncode == 0, result.stderr
+    process = Daemon(
+        f"sqlite:///{hand_database}", port=free_port(), log_path=tmp_path / "log"
+    )
+    process.start()
+    listed: dict[int, list[str]] = {}
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            for session_id in odd_ids:
+                stub.GetSession(pb.GetSessionRequest(id=session_id), timeout=10)
+                stub.ResumeSession(pb.ResumeSessionRequest(id=session_id), timeout=10)
+            for page_size in (1, 2, 3, 0):
+                token = ""
+                listed[page_size] = []
+                while True:
+                    page = stub.ListSessions(
+                        pb.ListSessionsRequest(page_size=page_size, page_token=token),
+                        timeout=10,
+                    )
+                    listed[page_size] += [session.id for session in page.sessions]
+                    token = page.next_page_token
+                    if not token:
+                        break
+    finally:
+        process.stop()
+
+    for page_size, ids in listed.items():
+        assert sorted(ids) == sorted(every_id), page_size
+    assert "Traceback" not in process.log_path.read_text()
+
+
 def check_hand_rows(stub: session_pb2_grpc.SessionServiceStub) -> None:
     """Read the rows of HAND_ROWS through the API and compare them."""
     full = stub.ResumeSession(pb.ResumeSessionRequest(id="s-full"), timeout=10)
