@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -24,6 +25,9 @@ from editstore.client.journal import Journal, JournalLock, remove_stale
 from editstore.client.settings import RetryPolicy
 
 TransportT = TypeVar("TransportT")
+
+# Seconds between two log lines about failed journal writes.
+JOURNAL_ERROR_INTERVAL = 60.0
 
 
 class Wakeup(Protocol):
@@ -77,7 +81,7 @@ class WriterBase(Generic[TransportT]):
         # Set with _wakeup by what must not wait: a flush, a close, an
         # important update. A journal write waits for the updates after it.
         self._urgent_wake = False
-        self._journal_failing = False
+        self._journal_error_logged_at = -JOURNAL_ERROR_INTERVAL
         self._logger = logger
         self._important = ImportantUpdateRule()
         self._queue = PatchQueue(session_id, flush_interval, backoff, clock, logger)
@@ -134,23 +138,19 @@ class WriterBase(Generic[TransportT]):
         self._urgent_wake = True
         self._wakeup.set()
 
-    def _journal_written(self) -> None:
-        if self._journal_failing:
-            self._journal_failing = False
-            self._logger.warning(
-                "state journal of session %s written to %s again",
-                self.session_id,
-                os.fspath(self.journal_path or ""),
-            )
-
     def _journal_failed(self, error: OSError) -> None:
-        """Remove the journal a write could not replace, and log the first
-        failure of a run of them."""
+        """Remove the journal a write could not replace, and log the failure
+        at most once per JOURNAL_ERROR_INTERVAL seconds.
+
+        On a full disk the removal frees room, so writes may fail and succeed
+        by turns; one line a minute says so without flooding the log.
+        """
         assert self.journal_path is not None
         removed = remove_stale(self.journal_path)
-        if self._journal_failing:
+        now = time.monotonic()
+        if now < self._journal_error_logged_at + JOURNAL_ERROR_INTERVAL:
             return
-        self._journal_failing = True
+        self._journal_error_logged_at = now
         self._logger.error(
             "state journal of session %s not written to %s: %s; %s",
             self.session_id,

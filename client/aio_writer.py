@@ -417,5 +417,4 @@ class AsyncStateWriter(WriterBase[AsyncStateTransport]):
         except OSError as error:
             self._journal_failed(error)
             return
-        self._journal_written()
         queue.journal_dirty = False

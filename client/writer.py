@@ -369,7 +369,6 @@ class StateWriter(WriterBase[StateTransport]):
         except OSError as error:
             self._journal_failed(error)
             return
-        self._journal_written()
         queue.journal_dirty = False
 
     def _abandon(self) -> None:
