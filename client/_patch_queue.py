@@ -26,10 +26,9 @@ from editstore.client.settings import RetryPolicy
 
 DEFAULT_FLUSH_INTERVAL = 5.0
 DEFAULT_EXIT_TIMEOUT = 10.0
-# With a journal, an update is written to it this many seconds after it is
-# queued at most (plus the write), so a process killed meanwhile loses only
-# the updates of its last moment. The journal is written at most once per
-# interval between sends.
+# With a journal, an update reaches it about this many seconds after it is
+# queued (plus the time of the write), so a killed process loses only its
+# last updates. Between sends the journal is written once per interval.
 JOURNAL_DELAY = 0.1
 DEFAULT_BACKOFF = RetryPolicy(initial_backoff=0.2, max_backoff=5.0)
 

@@ -143,7 +143,7 @@ class WriterBase(Generic[TransportT]):
         at most once per JOURNAL_ERROR_INTERVAL seconds.
 
         On a full disk the removal frees room, so writes may fail and succeed
-        by turns; one line a minute says so without flooding the log.
+        by turns. One line a minute reports that without flooding the log.
         """
         assert self.journal_path is not None
         removed = remove_stale(self.journal_path)

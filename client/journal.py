@@ -189,7 +189,7 @@ class JournalLock:
         """Take the lock.
 
         Raises:
-            JournalInUse: another writer holds it.
+            JournalInUse: another writer has it.
             OSError: the lock file cannot be created.
         """
         if sys.platform == "win32":

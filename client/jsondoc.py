@@ -95,8 +95,8 @@ def _first_invalid(value: Any, path: str) -> tuple[str, Any, bool] | None:
         for key, item in value.items():
             if not (key is None or isinstance(key, (str, int, float))):
                 return path, key, True
-            shown = key if _encodable(str(key)) else ascii(key)
-            name = f"{path}.{shown}" if path else str(shown)
+            key_text = key if _encodable(str(key)) else ascii(key)
+            name = f"{path}.{key_text}" if path else str(key_text)
             if isinstance(key, str) and not _encodable(key):
                 return name, key, False
             found = _first_invalid(item, name)

@@ -31,7 +31,7 @@ With ``journal_path`` the writer keeps a journal (see
 `editstore.client.journal`): the last acknowledged document and every patch
 not yet acknowledged, rewritten atomically within 0.1 s of an update,
 before each send, after each acknowledgement and at close. A writer built
-on a journal that holds unsent patches sends them at once, with the request
+on a journal that contains unsent patches sends them at once, with the request
 ids they had::
 
     writer = StateWriter.recover(client, "state/session.json")

@@ -165,7 +165,7 @@ def _health(args: argparse.Namespace) -> int:
     except grpc.RpcError as error:
         print(f"editstore at {args.address}: {error.code().name}", file=sys.stderr)
         if error.code() == grpc.StatusCode.UNAVAILABLE:
-            # gRPC's details say why: no listener, or a TLS handshake that a
+            # gRPC's details give the cause: no listener, or a TLS handshake that a
             # plaintext check cannot make.
             print(f"  {error.details()}", file=sys.stderr)
             if not args.tls_ca:

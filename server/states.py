@@ -238,9 +238,9 @@ def _document_read_back(
             raise NotFound(f"session {session_id!r} not found")
         if state.version == version:
             return {**stored, "document": state.document}
-        kept, _ = list_versions(session_id, version - 1, 1)
-        if kept and kept[0].version == version:
-            return {**stored, "document": kept[0].document}
+        versions, _ = list_versions(session_id, version - 1, 1)
+        if versions and versions[0].version == version:
+            return {**stored, "document": versions[0].document}
         # NOTE: the version was pruned (see _store), so the repeat gets the
         # current document, a newer version than the first response had.
         return {
