@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import sqlite3
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from editstore.server.metrics import SCRAPE_INTERVAL
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
 from tests.daemon import Daemon, free_port
@@ -146,6 +149,40 @@ def test_metrics_watch_end_counted(metered: tuple[Daemon, str]) -> None:
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert calls(samples, WATCH, "NOT_FOUND") == 1
     assert samples[("editstore_watchers", ())] == 0
+
+
+def test_metrics_scrapes_take_turns(metered: tuple[Daemon, str]) -> None:
+    # Scrapers without pause are served one at a time, so they cannot take
+    # the daemon's time from its calls. Each still gets its page.
+    _, url = metered
+    pages: list[dict] = []
+    failures: list[BaseException] = []
+
+    def scrape_three(query: str) -> None:
+        try:
+            for _ in range(3):
+                pages.append(scrape(url + query))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    queries = ["", "", "", "?name[]=editstore_watchers"]
+    scrapers = [threading.Thread(target=scrape_three, args=(q,)) for q in queries]
+    started = time.monotonic()
+    for scraper in scrapers:
+        scraper.start()
+    for scraper in scrapers:
+        scraper.join(timeout=30)
+    elapsed = time.monotonic() - started
+
+    assert failures == []
+    assert len(pages) == 12
+    assert elapsed >= 11 * SCRAPE_INTERVAL
+    full = [page for page in pages if len(page) > 1]
+    assert len(full) == 9
+    assert all(("editstore_streams_open", ()) in page for page in full)
+    assert [page for page in pages if len(page) == 1] == [
+        {("editstore_watchers", ()): 0.0}
+    ] * 3
 
 
 def test_metrics_listen_invalid_rejected(tmp_path: pathlib.Path) -> None:
