@@ -207,6 +207,7 @@ class Daemon:
             host,
             self.port,
             ("TLS" if credentials else "plaintext")
+            + (", client certificates required" if settings.tls_client_ca else "")
             + (", bearer tokens required" if settings.auth_tokens else ""),
             database_module.describe(settings.database),
             schema.version,

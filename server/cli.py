@@ -40,16 +40,19 @@ def _demote_unsent_response(record: logging.LogRecord) -> bool:
 
 
 def _configure_logging(level: str) -> None:
+    # Debug turns on editstore's own debug lines only. Other libraries stay
+    # at info, because peewee's debug lines contain every statement with its
+    # values, which would copy the users' prompts into the log.
     logging.basicConfig(
-        level=level.upper(),
+        level=max(logging.INFO, logging.getLevelName(level.upper())),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("editstore").setLevel(level.upper())
     logging.getLogger("grpc._cython.cygrpc").addFilter(_demote_unsent_response)
-    if level.lower() != "debug":
-        # editstore logs each migration it applies; peewee's own line for it
-        # would repeat it.
-        logging.getLogger("peewee.migrations").setLevel(logging.WARNING)
+    # editstore logs each migration it applies, and peewee's own line for it
+    # would repeat it.
+    logging.getLogger("peewee.migrations").setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> config.Settings | None:

@@ -147,6 +147,40 @@ def test_flag_wins_over_variable(sqlite_url: str, tmp_path: pathlib.Path) -> Non
         assert process.terminate() == 0
 
 
+def test_debug_log_without_library_lines(
+    sqlite_url: str, tmp_path: pathlib.Path
+) -> None:
+    # At debug level the daemon's own lines are logged. Peewee's lines, which
+    # contain every statement's values, are not.
+    process = Daemon(
+        sqlite_url,
+        port=free_port(),
+        log_path=tmp_path / "daemon.log",
+        extra_args=["--log-level", "debug"],
+    )
+    process.start()
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            sessions = session_pb2_grpc.SessionServiceStub(channel)
+            sessions.CreateSession(
+                pb.CreateSessionRequest(
+                    session=pb.Session(
+                        image_path="/a.jpg", naive_prompt="private instruction"
+                    )
+                ),
+                timeout=10,
+            )
+            with pytest.raises(grpc.RpcError):
+                sessions.GetSession(pb.GetSessionRequest(id="missing"), timeout=10)
+    finally:
+        assert process.terminate() == 0
+    log = process.log()
+    assert "DEBUG editstore.server.handlers" in log
+    assert "failed with NOT_FOUND" in log
+    assert "DEBUG peewee" not in log
+    assert "private instruction" not in log
+
+
 @pytest.mark.parametrize(
     ("args", "variables", "named"),
     [

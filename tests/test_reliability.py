@@ -797,6 +797,7 @@ def test_mutual_tls_requires_client_certificate(tmp_path: pathlib.Path) -> None:
                 request, timeout=5
             )
     daemon.stop()
+    assert "(TLS, client certificates required)" in daemon.log_path.read_text()
 
 
 def health(address: str, *flags: str) -> subprocess.CompletedProcess[str]:
