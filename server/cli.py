@@ -35,7 +35,7 @@ def _demote_unsent_response(record: logging.LogRecord) -> bool:
     ):
         record.levelno = logging.DEBUG
         record.levelname = "DEBUG"
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return logging.getLogger("editstore").isEnabledFor(logging.DEBUG)
     return True
 
 
@@ -66,14 +66,15 @@ def _settings(args: argparse.Namespace) -> config.Settings | None:
 def _serve(args: argparse.Namespace) -> int:
     import peewee
 
-    from editstore.server import app, database, migrate
+    from editstore.server import app, database, eventloop, migrate
 
     settings = _settings(args)
     if settings is None:
         return 2
     _configure_logging(settings.log_level)
     try:
-        asyncio.run(app.serve(settings))
+        with asyncio.Runner(loop_factory=eventloop.new_event_loop) as runner:
+            runner.run(app.serve(settings))
     except migrate.SchemaError as error:
         logger.error("%s", error)
         return 3
