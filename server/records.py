@@ -15,6 +15,7 @@ import binascii
 import datetime
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -268,11 +269,22 @@ def encode_page_token(row: Row, filters: Row) -> str:
 
 
 def _raw_value(kind: Any, value: Any) -> Any:
-    """Return the stored created_at a token carries, or raise ValueError."""
+    """Return the stored created_at a token carries, or raise ValueError.
+
+    Only a SQLite row can hold such a value, and only one that SQLite can
+    store: a 64-bit integer, a finite float, text or a blob.
+    """
+    if not isinstance(Session._meta.database.obj, peewee.SqliteDatabase):
+        raise ValueError("stored times are carried only on SQLite")
     if kind == "b" and isinstance(value, str):
         return base64.b64decode(value.encode("ascii"), validate=True)
     if kind == "f" and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("not a finite float")
+        return number
+    if kind == "i" and type(value) is int and not -(2**63) <= value < 2**63:
+        raise ValueError("not a 64-bit integer")
     for python_type, name in _RAW_KINDS.items():
         if kind == name and type(value) is python_type:
             return value
@@ -323,6 +335,7 @@ def _decode_page_token(token: str, filters: Row) -> tuple[Any, str]:
         binascii.Error,
         UnicodeError,
         RecursionError,
+        OverflowError,
         InvalidArgument,
     ):
         raise InvalidArgument(

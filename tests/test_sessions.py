@@ -522,6 +522,34 @@ def test_list_sessions_rejects_token_with_edited_content(
         assert code == grpc.StatusCode.INVALID_ARGUMENT, base64.urlsafe_b64decode(bad)
 
 
+def test_list_sessions_rejects_forged_stored_time(
+    server: Daemon, sessions: session_pb2_grpc.SessionServiceStub
+) -> None:
+    # A token may carry created_at as a SQLite row stores it. A value that
+    # no SQLite row can hold is rejected, and on PostgreSQL any such value.
+    create_many(sessions, 3)
+    payload = json.loads(base64.urlsafe_b64decode(first_token(sessions)))
+    payload.pop("t", None)
+    forged: list[Any] = [
+        ["i", 2**70],
+        ["i", -(2**70)],
+        ["f", 10**400],
+        ["f", "1.5"],
+        ["s", 5],
+        ["b", "not base64!"],
+        ["x", 1],
+    ]
+    if server.database_url.startswith("postgresql"):
+        forged += [["i", 5], ["f", 1.5], ["s", "2026-01-01 00:00:00"]]
+    for raw in forged:
+        text = json.dumps({**payload, "r": raw}).encode()
+        request = pb.ListSessionsRequest(
+            page_size=2, page_token=base64.urlsafe_b64encode(text).decode()
+        )
+        code = status_of(sessions.ListSessions, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, raw
+
+
 def test_list_sessions_rejects_token_of_other_filters(
     sessions: session_pb2_grpc.SessionServiceStub,
 ) -> None:
