@@ -291,7 +291,10 @@ class Daemon:
         def connect() -> Any:
             return database._connect()  # type: ignore[attr-defined]
 
-        self._listener = pgnotify.Listener(connect, on_payload)
+        def on_listening() -> None:
+            loop.call_soon_threadsafe(self._hub.recheck_all)
+
+        self._listener = pgnotify.Listener(connect, on_payload, on_listening)
         self._listener.start()
 
     async def _prune_request_ids(self) -> None:

@@ -53,13 +53,22 @@ def notify_all(payloads: list[dict[str, Any]]) -> None:
 
 
 class Listener:
-    """Receive notifications on a thread and pass each payload to a callback."""
+    """Receive notifications on a thread and pass each payload to a callback.
+
+    Notifications sent while no LISTEN connection is open are lost. So
+    ``on_listening`` is called each time LISTEN is in place again, and the
+    watchers then read what they may have missed.
+    """
 
     def __init__(
-        self, connect: Callable[[], Any], on_payload: Callable[[dict[str, Any]], None]
+        self,
+        connect: Callable[[], Any],
+        on_payload: Callable[[dict[str, Any]], None],
+        on_listening: Callable[[], None] = lambda: None,
     ) -> None:
         self._connect = connect
         self._on_payload = on_payload
+        self._on_listening = on_listening
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._serve, name="editstore-listen", daemon=True
@@ -87,6 +96,7 @@ class Listener:
             with connection.cursor() as cursor:
                 cursor.execute(f"LISTEN {CHANNEL}")
             logger.info("listening for changes of other daemons")
+            self._on_listening()
             while not self._stopping.is_set():
                 readable, _, _ = select.select([connection], [], [], POLL_SECONDS)
                 if not readable:

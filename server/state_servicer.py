@@ -15,7 +15,7 @@ from editstore.server.events import SessionDeleted, StateChanged
 from editstore.server.metrics import CallStats
 from editstore.server.readers import Readers
 from editstore.server.status import code_of
-from editstore.server.watch import Watcher, WatchHub
+from editstore.server.watch import Recheck, Watcher, WatchHub
 from editstore.server.writer import Writer
 from editstore.v1 import session_pb2, state_pb2
 
@@ -334,6 +334,19 @@ class StateServicer:
                         )
                     )
                     return
+                if isinstance(event, Recheck):
+                    try:
+                        async for response in self._catch_up(session_id, last, None):
+                            last = max(last, response.state.version)
+                            await send(response)
+                    except errors.NotFound:
+                        await send(
+                            state_pb2.WatchStateResponse(
+                                type=state_pb2.WATCH_EVENT_TYPE_SESSION_DELETED
+                            )
+                        )
+                        return
+                    continue
                 if event.version <= last:
                     continue
                 if isinstance(event, StateChanged) and event.version == last + 1:

@@ -30,7 +30,15 @@ class StateHint:
     version: int
 
 
-HubEvent: TypeAlias = Event | StateHint
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recheck:
+    """A notice that changes of other daemons may have gone unannounced, so
+    the watcher reads the versions after the last one it sent."""
+
+    session_id: str
+
+
+HubEvent: TypeAlias = Event | StateHint | Recheck
 
 
 class Watcher:
@@ -115,6 +123,14 @@ class WatchHub:
             for watcher in watchers:
                 watcher.push(event)
 
+    def recheck_all(self) -> None:
+        """Make every watcher read the versions it may have missed.
+
+        Called when notifications of other daemons may have been lost, such
+        as while the LISTEN connection was down.
+        """
+        self.publish(Recheck(session_id) for session_id in list(self._watchers))
+
     def close(self) -> None:
         """End every watch: the daemon is stopping."""
         self._closed = True
@@ -126,6 +142,7 @@ class WatchHub:
 
 __all__ = [
     "HubEvent",
+    "Recheck",
     "SessionDeleted",
     "StateChanged",
     "StateHint",

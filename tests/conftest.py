@@ -138,3 +138,24 @@ def small_tmpfs(folder: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def end_connections(database_url: str, listening: bool = False) -> int:
+    """End the connections to a PostgreSQL database, as a restart of the
+    server would; with ``listening``, only those waiting in LISTEN."""
+    import psycopg2
+
+    name = database_url.rpartition("/")[2]
+    only_listen = "AND query LIKE 'LISTEN %%'" if listening else ""
+    admin = psycopg2.connect(os.environ[POSTGRES_ENV])
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE datname = %s AND pid <> pg_backend_pid() {only_listen}",
+                (name,),
+            )
+            return int(cursor.fetchone()[0])
+    finally:
+        admin.close()

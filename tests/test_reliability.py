@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 from editstore.server import writer as writer_module
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
-from tests.conftest import POSTGRES_ENV, small_tmpfs
+from tests.conftest import end_connections, small_tmpfs
 from tests.daemon import Daemon, free_port
 
 
@@ -997,25 +996,6 @@ def test_sigterm_with_busy_update_streams_stops_in_grace(
     channel.close()
 
 
-def terminate_connections(database_url: str) -> int:
-    """End every PostgreSQL connection to the database, as a restart would."""
-    import psycopg2
-
-    name = database_url.rpartition("/")[2]
-    admin = psycopg2.connect(os.environ[POSTGRES_ENV])
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            return int(cursor.fetchone()[0])
-    finally:
-        admin.close()
-
-
 @pytest.mark.timeout(120)
 def test_lost_postgres_connections_reconnect(
     postgres_url: str, tmp_path: pathlib.Path
@@ -1029,7 +1009,7 @@ def test_lost_postgres_connections_reconnect(
         timeout=10,
     )
 
-    assert terminate_connections(postgres_url) >= 1
+    assert end_connections(postgres_url) >= 1
     codes = []
     for number in range(10):
         request = state_pb2.PatchStateRequest(

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from editstore.v1 import session_pb2, state_pb2, state_pb2_grpc
-from tests.conftest import module_daemon
+from tests.conftest import end_connections, module_daemon
 from tests.daemon import Daemon, free_port
 from tests.test_state_documents import Client, parsed, rpc_error
 
@@ -836,6 +836,39 @@ def test_watch_sees_changes_written_through_other_daemon(
     expect_change(own, 221, {"step": 221})
     assert deleted.type == SESSION_DELETED
     assert end.code == grpc.StatusCode.OK
+
+
+def test_watch_change_during_listen_reconnect(
+    database_url: str, tmp_path: pathlib.Path, watchers: list[WatchReader]
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("two daemons share a database only on PostgreSQL")
+    with (
+        running_daemon(database_url, tmp_path, []) as first,
+        running_daemon(database_url, tmp_path, []) as second,
+        grpc.insecure_channel(first.address) as first_channel,
+        grpc.insecure_channel(second.address) as second_channel,
+    ):
+        writer = Client(second_channel)
+        session_id = writer.create_session()
+        reader = watch(watchers, first_channel, session_id)
+        assert reader.next_event().type == SNAPSHOT
+        writer.patch(session_id, {"step": 1})
+        before = reader.next_event(timeout=20)
+
+        # The notification of this change is sent while the first daemon has
+        # no LISTEN connection, so it never arrives there.
+        assert end_connections(database_url, listening=True) == 2
+        deadline = time.monotonic() + 20
+        while "LISTEN connection failed" not in first.log():
+            assert time.monotonic() < deadline, "the LISTEN connection did not end"
+            time.sleep(0.01)
+        writer.patch(session_id, {"step": 2})
+        missed = reader.next_event(timeout=20)
+
+    expect_change(before, 1, {"step": 1})
+    expect_change(missed, 2, {"step": 2})
+    assert "listening for changes of other daemons" in first.log()
 
 
 def test_watch_outrun_by_other_daemon_gets_history_lost(
