@@ -28,11 +28,11 @@ class SessionServicer:
     ) -> None:
         self._writer = writer
         self._readers = readers
-        # Pages stay under gRPC's default receive limit of 4 MiB, so clients
-        # with default settings can list; only a state document near its
-        # limit needs the larger limit. The margin is for framing.
+        # Pages, and the records of a resumed session, stay under gRPC's
+        # default receive limit of 4 MiB, so clients with default settings
+        # can read them. Only a state document near its limit needs the
+        # larger limit. The margin is for framing.
         self._page_bytes = min(max_message_bytes, GRPC_DEFAULT_MESSAGE_BYTES) - 1024
-        self._resume_bytes = max_message_bytes - 1024
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Context
@@ -192,7 +192,9 @@ class SessionServicer:
             session=convert.session_message(bundle["session"]),
             state=convert.state_message(session_id, bundle["state"]),
         )
-        budget = self._resume_bytes - response.ByteSize()
+        # The records fill what the session and its state leave of a page;
+        # with a large state they all wait for the next pages.
+        budget = max(0, self._page_bytes - response.ByteSize())
         for kind in records.CHILD_KINDS:
             messages, token = self._page(
                 kind,

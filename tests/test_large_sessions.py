@@ -55,6 +55,35 @@ def test_large_session_lists_in_pages_under_limit(daemon: Daemon) -> None:
 
 
 @pytest.mark.timeout(180)
+def test_resume_without_state_under_default_limit(daemon: Daemon) -> None:
+    # Records alone never make a response pass gRPC's default 4 MiB limit.
+    with Client(daemon.address) as client:
+        session = client.create_session("/photos/big.jpg", "make the sky dramatic")
+        for start in range(0, ENTITY_COUNT, 150):
+            entities = [
+                {"entity_id": f"object_{n}", "label": LABEL, "confidence": 0.5}
+                for n in range(start, start + 150)
+            ]
+            client.batch_create_entities(session.id, entities)
+    with grpc.insecure_channel(daemon.address) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        resumed = stub.ResumeSession(pb.ResumeSessionRequest(id=session.id))
+        seen = [entity.entity_id for entity in resumed.entities]
+        token = resumed.entities_next_page_token
+        while token:
+            page = stub.ListEntities(
+                pb.ListEntitiesRequest(session_id=session.id, page_token=token)
+            )
+            seen += [entity.entity_id for entity in page.entities]
+            token = page.next_page_token
+
+    assert resumed.entities_next_page_token
+    assert resumed.ByteSize() < 4 * 1024 * 1024
+    assert 0 < len(resumed.entities) < ENTITY_COUNT
+    assert seen == [f"object_{n}" for n in range(ENTITY_COUNT)]
+
+
+@pytest.mark.timeout(180)
 def test_client_resumes_large_session_whole(daemon: Daemon) -> None:
     with Client(daemon.address) as client:
         session_id = fill(client)
