@@ -170,6 +170,21 @@ def is_busy(error: BaseException) -> bool:
     return False
 
 
+def is_connection_lost(error: BaseException) -> bool:
+    """Return whether a database error reports a lost connection to the
+    server, as when PostgreSQL ends it."""
+    text = str(error).lower()
+    lost = (
+        "server closed the connection",
+        "connection already closed",
+        "terminating connection",
+        "connection has been closed",
+    )
+    return isinstance(error, peewee.DatabaseError | peewee.InterfaceError) and any(
+        fragment in text for fragment in lost
+    )
+
+
 def reset_if_broken(database: peewee.Database) -> None:
     """Drop this thread's connection if it is no longer usable.
 

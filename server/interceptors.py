@@ -14,7 +14,12 @@ from typing import Any
 
 import grpc
 
+from editstore.server.logs import RateLimitedLog
+
 logger = logging.getLogger(__name__)
+# A client with a wrong token may retry without pause, so rejections are
+# logged at most once a second, with the count of the others.
+_rejections = RateLimitedLog(logger, 1.0, "rejected calls")
 
 # Load balancers and orchestrators probe health without credentials.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -77,7 +82,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._allowed(handler_call_details.invocation_metadata):
             return handler
-        logger.info("rejected %s: missing or unknown bearer token", method)
+        _rejections.info("rejected %s: missing or unknown bearer token", method)
         return _rejecting_handler(
             handler,
             "missing or unknown bearer token: send metadata "

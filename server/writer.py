@@ -46,10 +46,12 @@ from editstore.server import errors, eventloop
 from editstore.server.database import (
     SQLITE_BUSY_TIMEOUT_MS,
     is_busy,
+    is_connection_lost,
     is_disk_full,
     reset_if_broken,
     root_cause,
 )
+from editstore.server.logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -97,63 +99,7 @@ class _Request:
         self.queued_at = time.monotonic()
 
 
-class _RateLimitedLog:
-    """Log one line per interval; the lines dropped meanwhile are counted.
-
-    A full disk fails every write, and a line for each would flood the log.
-    The count of dropped lines goes with the next line, or is logged alone
-    at the end of the interval when no line comes.
-    """
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._next = 0.0
-        self._dropped = 0
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
-
-    def warning(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next:
-                self._dropped += 1
-                if self._timer is None:
-                    self._timer = threading.Timer(
-                        self._next - now, self._report_dropped
-                    )
-                    self._timer.daemon = True
-                    self._timer.start()
-                return
-            dropped = self._take_dropped()
-            self._next = now + self._interval
-        if dropped:
-            message += (
-                f" ({dropped} similar warnings in the last {self._interval:g} s "
-                "were not logged)"
-            )
-        logger.warning(message, *args)
-
-    def _take_dropped(self) -> int:
-        dropped, self._dropped = self._dropped, 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        return dropped
-
-    def _report_dropped(self) -> None:
-        with self._lock:
-            self._timer = None
-            dropped, self._dropped = self._dropped, 0
-        if dropped:
-            logger.warning(
-                "%d similar warnings of write failures in the last %g s were "
-                "not logged",
-                dropped,
-                self._interval,
-            )
-
-
-_failures = _RateLimitedLog(5.0)
+_failures = RateLimitedLog(logger, 5.0, "write failures")
 
 
 def translate_database_error(
@@ -167,7 +113,7 @@ def translate_database_error(
         if "unique" in text or "duplicate" in text:
             return errors.AlreadyExists(f"a unique value is already used: {error}")
         return errors.InvalidArgument(f"a value breaks a constraint: {error}")
-    if isinstance(error, peewee.InterfaceError):
+    if isinstance(error, peewee.InterfaceError) or is_connection_lost(error):
         return errors.Unavailable(f"the database connection was lost, retry: {error}")
     if is_disk_full(error):
         return errors.DatabaseFull(
@@ -441,7 +387,9 @@ class Writer:
         except peewee.IntegrityError as error:
             del events[mark:]
             return False, translate_database_error(error)
-        except peewee.DatabaseError:
+        except (peewee.DatabaseError, peewee.InterfaceError):
+            # The transaction itself failed, such as on a lost connection:
+            # the batch is retried one write at a time.
             raise
         except Exception as error:
             logger.exception("write operation failed")

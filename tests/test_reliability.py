@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from editstore.server import writer as writer_module
+from editstore.server.logs import RateLimitedLog
 from editstore.v1 import session_pb2 as pb
 from editstore.v1 import session_pb2_grpc, state_pb2, state_pb2_grpc
 from tests.conftest import end_connections, small_tmpfs
@@ -347,7 +348,7 @@ def test_lock_wait_counted_per_write(tmp_path: pathlib.Path) -> None:
 
 def test_rate_limited_log_reports_dropped(caplog: pytest.LogCaptureFixture) -> None:
     """Warnings dropped at the end of a burst are still counted in the log."""
-    log = writer_module._RateLimitedLog(0.2)
+    log = RateLimitedLog(logging.getLogger("editstore.server.writer"), 0.2, "failures")
     with caplog.at_level(logging.WARNING, logger="editstore.server.writer"):
         for number in range(5):
             log.warning("write failed: %d", number)
@@ -358,7 +359,7 @@ def test_rate_limited_log_reports_dropped(caplog: pytest.LogCaptureFixture) -> N
 
     assert messages[0] == "write failed: 0"
     assert len(messages) == 2
-    assert "4 similar warnings" in messages[1]
+    assert "4 similar lines of failures" in messages[1]
 
 
 def test_stream_after_unavailable_applies_nothing_later(
@@ -625,6 +626,46 @@ def test_streams_over_limit_refused_and_unary_served(tmp_path: pathlib.Path) -> 
     reopened.cancel()
     channel.close()
     daemon.stop()
+
+
+def rejections_logged(log: str) -> tuple[int, int]:
+    """Return the rejected calls a daemon's log shows on lines of their own,
+    and the rejected calls it counts in all."""
+    lines = len(re.findall(r"rejected \S+: missing or unknown bearer token", log))
+    counted = sum(int(n) for n in re.findall(r"\((\d+) similar lines in", log))
+    counted += sum(
+        int(n) for n in re.findall(r"(\d+) similar lines of rejected calls", log)
+    )
+    return lines, lines + counted
+
+
+@pytest.mark.timeout(60)
+def test_rejected_calls_log_rate_limited(tmp_path: pathlib.Path) -> None:
+    daemon = Daemon(
+        f"sqlite:///{tmp_path / 'auth.db'}",
+        free_port(),
+        tmp_path / "daemon.log",
+        env={"EDITSTORE_AUTH_TOKENS": "the-token"},
+    )
+    daemon.start()
+    channel, sessions, _ = stubs(daemon.address)
+    for _ in range(300):
+        with pytest.raises(grpc.RpcError):
+            sessions.GetSession(
+                pb.GetSessionRequest(id="x"),
+                timeout=5,
+                metadata=[("authorization", "Bearer wrong")],
+            )
+    deadline = time.monotonic() + 10
+    while rejections_logged(daemon.log_path.read_text())[1] < 300:
+        assert time.monotonic() < deadline, daemon.log_path.read_text()[-2000:]
+        time.sleep(0.1)
+    channel.close()
+    daemon.stop()
+    lines, counted = rejections_logged(daemon.log_path.read_text())
+
+    assert counted == 300
+    assert lines < 300
 
 
 @pytest.mark.timeout(60)
@@ -1011,6 +1052,7 @@ def test_lost_postgres_connections_reconnect(
 
     assert end_connections(postgres_url) >= 1
     codes = []
+    messages = []
     for number in range(10):
         request = state_pb2.PatchStateRequest(
             session_id=session_id, merge_patch_json=json.dumps({f"k{number}": number})
@@ -1020,13 +1062,17 @@ def test_lost_postgres_connections_reconnect(
             codes.append(grpc.StatusCode.OK)
         except grpc.RpcError as error:
             codes.append(error.code())
+            messages.append(error.details())
         try:
             sessions.GetSession(pb.GetSessionRequest(id=session_id), timeout=10)
         except grpc.RpcError as error:
             codes.append(error.code())
+            messages.append(error.details())
 
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
     assert codes[-5:] == [grpc.StatusCode.OK] * 5, codes
+    # A lost connection is reported as such, and is not a bug of the daemon.
+    assert all("connection was lost" in message for message in messages), messages
     reply = states.GetState(
         state_pb2.GetStateRequest(session_id=session_id), timeout=10
     )
@@ -1034,3 +1080,4 @@ def test_lost_postgres_connections_reconnect(
     assert new_session(sessions)
     channel.close()
     daemon.stop()
+    assert "Traceback" not in daemon.log_path.read_text()
