@@ -66,15 +66,14 @@ def _settings(args: argparse.Namespace) -> config.Settings | None:
 def _serve(args: argparse.Namespace) -> int:
     import peewee
 
-    from editstore.server import app, database, eventloop, migrate
+    from editstore.server import app, database, migrate
 
     settings = _settings(args)
     if settings is None:
         return 2
     _configure_logging(settings.log_level)
     try:
-        with asyncio.Runner(loop_factory=eventloop.new_event_loop) as runner:
-            runner.run(app.serve(settings))
+        asyncio.run(app.serve(settings))
     except migrate.SchemaError as error:
         logger.error("%s", error)
         return 3

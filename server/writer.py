@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import peewee
 
-from editstore.server import errors, eventloop
+from editstore.server import errors
 from editstore.server.database import (
     SQLITE_BUSY_TIMEOUT_MS,
     is_busy,
@@ -65,11 +65,14 @@ MAX_BATCH = 512
 # 1,793 and 2,074 unary calls completed, against 3,736 and 3,819 with 128.
 # The benchmark's stream rate did not change.
 LOOP_MAX_BATCH = 128
-# The maximum time a LoopWriter batch waits for more writes while the event
-# loop is busy. Of fixed waits of 0, 1, 2, 4 and 8 ms under 64 unary callers,
-# 8 ms gave the largest batches (23 to 25 writes, against 3 to 5 without a
-# wait) and the least CPU per call.
+# The maximum time a LoopWriter batch waits for more writes (see LoopWriter).
+# Of fixed waits of 0, 1, 2, 4 and 8 ms tried under 64 unary callers, 8 ms
+# gave the largest batches (23 to 25 writes, against 3 to 5 without a wait)
+# and the least CPU per call.
 GATHER_SECONDS = 0.008
+# The writes waiting at the start of each batch are counted in windows of
+# this length. A batch waits for the peak of the current and the last window.
+PEAK_WINDOW_SECONDS = 0.5
 
 
 # A retry that resends an update failed with UNAVAILABLE, or because the
@@ -456,13 +459,13 @@ class LoopWriter(Writer):
     write at a time (these retries commit on the event loop).
 
     Each batch costs the loop a fixed share (the statements' setup, the
-    hand-off to the commit thread) on top of each write's own. When writes
-    are queued at the end of a commit and the loop has other work, the
-    next batch waits for more: until the loop runs out of work, the batch
-    is full, or ``GATHER_SECONDS`` have passed. A loop that is not busy
-    starts the batch at once, so writes under a light load do not wait.
-    This needs the loop of ``eventloop.new_event_loop``; on another loop
-    the next batch starts at once.
+    hand-off to the commit thread) on top of each write's own. So when a
+    commit ends with fewer writes queued than were waiting at the start of
+    a batch in the last second or so, the next batch waits for that many,
+    at most ``GATHER_SECONDS``. The callers that had writes in the earlier
+    batches are likely to send the next ones meanwhile. A single caller
+    writing one write after another never waits: its queue is empty when
+    each commit ends.
     """
 
     def __init__(
@@ -483,15 +486,18 @@ class LoopWriter(Writer):
         self._idle.set()
         self._tuned: object = None
         """The connection last set to fail at once when the file is locked."""
-        self._idle_selector: eventloop.IdleSelector | None = None
         self._gathering = False
         """The next batch waits for more writes (see the class docstring)."""
+        self._gather_size = 0
         self._gather_timer: asyncio.TimerHandle | None = None
+        self._peak = 0
+        """The maximum of writes waiting at the start of a batch in this window."""
+        self._last_peak = 0
+        self._window_start = 0.0
 
     def start(self) -> None:
         """Bind the writer to the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._idle_selector = eventloop.idle_selector(self._loop)
 
     def stop(self, timeout: float | None = None) -> None:
         """Commit what is queued, failing what is left after ``timeout`` seconds.
@@ -530,7 +536,7 @@ class LoopWriter(Writer):
         self._queue.append(_Request(operation, loop, future, source))
         if self._idle.is_set():
             self._idle.clear()
-        if self._gathering and len(self._queue) >= self._max_batch:
+        if self._gathering and len(self._queue) >= self._gather_size:
             loop.call_soon(self._end_gathering)
         self._schedule()
         return future
@@ -596,6 +602,7 @@ class LoopWriter(Writer):
             self._schedule()
             return
 
+        self._note_waiting(len(batch) + len(self._queue))
         database = self._database
         transaction = database.atomic()
         if not self._begin(transaction, batch):
@@ -697,30 +704,38 @@ class LoopWriter(Writer):
         else:
             self._idle.set()
 
+    def _note_waiting(self, count: int) -> None:
+        """Count the writes waiting at the start of a batch in the peak."""
+        now = time.monotonic()
+        if now - self._window_start > PEAK_WINDOW_SECONDS:
+            idle = now - self._window_start > 2 * PEAK_WINDOW_SECONDS
+            self._last_peak = 0 if idle else self._peak
+            self._peak = 0
+            self._window_start = now
+        self._peak = max(self._peak, count)
+
     def _schedule_gathering(self) -> None:
-        """Start the next batch when the loop runs out of work, when it is
-        full, or after ``GATHER_SECONDS``, whichever comes first."""
-        selector = self._idle_selector
+        """Start the next batch once as many writes wait as at the recent
+        peak, or after ``GATHER_SECONDS``, whichever comes first."""
         loop = self._loop
+        size = min(self._max_batch, max(self._peak, self._last_peak))
         if (
-            selector is None
-            or loop is None
+            loop is None
             or self._stopping
             or self._busy
             or self._scheduled
-            or len(self._queue) >= self._max_batch
+            or len(self._queue) >= size
         ):
             self._schedule()
             return
         self._scheduled = True
         self._gathering = True
-        selector.call_when_idle(lambda: loop.call_soon(self._end_gathering))
+        self._gather_size = size
         self._gather_timer = loop.call_later(GATHER_SECONDS, self._end_gathering)
 
     def _end_gathering(self) -> None:
-        # Called by whichever comes first; the others find nothing to do. A
-        # call left over from an earlier wait comes when the loop is idle or
-        # the batch is full, when starting the batch is right anyway.
+        # Called by the timer or by the write that completes the batch,
+        # whichever comes first; the other finds nothing to do.
         if not self._gathering:
             return
         self._gathering = False
