@@ -285,6 +285,8 @@ def _raw_value(kind: Any, value: Any) -> Any:
         return number
     if kind == "i" and type(value) is int and not -(2**63) <= value < 2**63:
         raise ValueError("not a 64-bit integer")
+    if kind == "s" and isinstance(value, str):
+        value.encode("utf-8")  # a lone surrogate has no UTF-8 form to store
     for python_type, name in _RAW_KINDS.items():
         if kind == name and type(value) is python_type:
             return value

@@ -536,6 +536,7 @@ def test_list_sessions_rejects_forged_stored_time(
         ["f", 10**400],
         ["f", "1.5"],
         ["s", 5],
+        ["s", "\ud800"],
         ["b", "not base64!"],
         ["x", 1],
     ]
