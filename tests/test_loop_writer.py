@@ -54,17 +54,18 @@ async def batches_of(
     return batches
 
 
-def test_next_batch_waits_for_recent_peak(
+def test_next_batch_waits_for_committed_callers(
     database: peewee.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 8 writes waited for the first batch, so after its commit the 3 writes
-    # queued meanwhile wait for 5 more. The waiting limit is longer than the
-    # test's timeout: only the eighth write can start the batch.
+    # After the first batch of 8 commits, the 3 writes queued meanwhile wait
+    # for 8 more, one from each caller of that batch. The waiting limit is
+    # longer than the test's timeout: only the eleventh write can start the
+    # batch.
     monkeypatch.setattr(writer, "GATHER_SECONDS", 600.0)
 
-    batches = asyncio.run(batches_of(database, 8, 3, 5))
+    batches = asyncio.run(batches_of(database, 8, 3, 8))
 
-    assert batches == [0] * 8 + [1] * 8
+    assert batches == [0] * 8 + [1] * 11
 
 
 def test_gathering_ends_after_time_limit(
@@ -77,11 +78,11 @@ def test_gathering_ends_after_time_limit(
     assert batches == [0] * 8 + [1] * 3
 
 
-def test_single_caller_never_waits(
+def test_small_batches_never_wait(
     database: peewee.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One write at a time: when each commit ends, the queue is empty or
-    # contains no more writes than the peak of one.
+    # A caller alone finds the queue empty when its commit ends, and after
+    # a batch of fewer than 4 writes the next one starts at once.
     monkeypatch.setattr(writer, "GATHER_SECONDS", 600.0)
 
     async def scenario() -> list[int]:
@@ -89,8 +90,9 @@ def test_single_caller_never_waits(
         loop_writer.start()
         mark = marking(database, loop_writer)
         batches = [await loop_writer.enqueue(mark) for _ in range(10)]
-        batches += await batches_of(database, 1, 1, 0)
         await asyncio.to_thread(loop_writer.stop, 30)
+        batches += await batches_of(database, 1, 1, 0)
+        batches += await batches_of(database, 3, 2, 0)
         return batches
 
-    assert asyncio.run(scenario()) == list(range(10)) + [0, 1]
+    assert asyncio.run(scenario()) == list(range(10)) + [0, 1] + [0, 0, 0, 1, 1]
