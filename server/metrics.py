@@ -18,20 +18,26 @@ import bisect
 import collections
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector as CollectorBase
 
+# Connections served at once, and seconds a connection may stay idle.
+MAX_CONNECTIONS = 16
+CONNECTION_TIMEOUT_SECONDS = 10.0
 # The shortest time between the starts of two scrapes. Prometheus scrapes
 # each target once a minute by default (its global scrape_interval).
 SCRAPE_INTERVAL = 0.1
@@ -217,6 +223,48 @@ class _PacedRegistry(CollectorBase):
         return _PacedRegistry(self._registry, self._pacer, frozenset(names))
 
 
+class _Handler(WSGIRequestHandler):
+    """A request handler that logs nothing and closes idle connections."""
+
+    timeout = CONNECTION_TIMEOUT_SECONDS
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Log nothing: a line per scrape would fill the daemon's log."""
+
+
+class _Server(ThreadingWSGIServer):
+    """A threaded HTTP server of at most ``MAX_CONNECTIONS`` connections.
+
+    Each connection takes a thread and a file descriptor until it closes.
+    One over the limit is closed at once, so connections left open cannot
+    use up the daemon's file descriptors.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """The HTTP server of ``/metrics``, on a thread of its own."""
 
@@ -237,9 +285,19 @@ class MetricsServer:
             OSError: the address can not be bound.
         """
         host, _, port = listen.rpartition(":")
-        self._server, self._thread = start_http_server(
-            int(port), addr=host.strip("[]"), registry=self._registry
+        host = host.strip("[]")
+        server_class = _IPv6Server if ":" in host else _Server
+        self._server = make_server(
+            host,
+            int(port),
+            make_wsgi_app(self._registry),
+            server_class=server_class,
+            handler_class=_Handler,
         )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="editstore-metrics", daemon=True
+        )
+        self._thread.start()
         self.port = int(self._server.server_address[1])
 
     def stop(self) -> None:

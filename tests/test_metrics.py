@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import select
+import socket
 import sqlite3
 import threading
 import time
@@ -183,6 +185,47 @@ def test_metrics_scrapes_take_turns(metered: tuple[Daemon, str]) -> None:
     assert [page for page in pages if len(page) == 1] == [
         {("editstore_watchers", ()): 0.0}
     ] * 3
+
+
+def test_metrics_idle_connections_bounded(metered: tuple[Daemon, str]) -> None:
+    # Connections that never send a request take at most 16 threads; the
+    # others are closed at once, and scrapes work again once they go.
+    daemon, url = metered
+    assert daemon.process is not None
+    status = pathlib.Path(f"/proc/{daemon.process.pid}/status")
+
+    def threads() -> int:
+        for line in status.read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+        raise AssertionError("no thread count")
+
+    before = threads()
+    host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
+    ended: set[socket.socket] = set()
+    deadline = time.monotonic() + 5
+    while len(ended) < 40 - 16 and time.monotonic() < deadline:
+        readable, _, _ = select.select([c for c in idle if c not in ended], [], [], 0.2)
+        ended.update(c for c in readable if c.recv(1) == b"")
+    time.sleep(0.5)
+    readable, _, _ = select.select([c for c in idle if c not in ended], [], [], 0)
+    closed = len(ended) + len(readable)
+    during = threads()
+    for connection in idle:
+        connection.close()
+    deadline = time.monotonic() + 10
+    page: dict = {}
+    while not page:
+        try:
+            page = scrape(url)
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+    assert closed == 40 - 16
+    assert during <= before + 16
+    assert ("editstore_streams_open", ()) in page
 
 
 def test_metrics_listen_invalid_rejected(tmp_path: pathlib.Path) -> None:
