@@ -463,8 +463,8 @@ class LoopWriter(Writer):
     hand-off to the commit thread) on top of each write's own. So when a
     commit of at least ``GATHER_AFTER`` writes ends with writes queued, the
     next batch waits until one more write has come for each write
-    committed, at most ``GATHER_SECONDS``: the callers whose writes just committed are
-    likely to send their next writes meanwhile. A burst, or
+    committed, at most ``GATHER_SECONDS``. The callers whose writes just
+    committed are likely to send their next writes meanwhile. A burst, or
     callers that went away, cost one wait. A caller writing alone never
     waits: its queue is empty when each commit ends.
     """
