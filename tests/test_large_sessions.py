@@ -15,7 +15,8 @@ LABEL = "é" * 8000  # 16,000 bytes of UTF-8, near the 16 KiB limit of a text fi
 ENTITY_COUNT = 600
 
 
-def fill(client: Client) -> str:
+def add_entities(client: Client) -> str:
+    """Create a session with ENTITY_COUNT entities of 16 KB labels."""
     session = client.create_session("/photos/big.jpg", "make the sky dramatic")
     for start in range(0, ENTITY_COUNT, 150):
         entities = [
@@ -23,8 +24,13 @@ def fill(client: Client) -> str:
             for n in range(start, start + 150)
         ]
         client.batch_create_entities(session.id, entities)
-    client.put_state(session.id, {"notes": "n" * (3 * 1024 * 1024)})
     return session.id
+
+
+def fill(client: Client) -> str:
+    session_id = add_entities(client)
+    client.put_state(session_id, {"notes": "n" * (3 * 1024 * 1024)})
+    return session_id
 
 
 @pytest.mark.timeout(180)
@@ -58,21 +64,15 @@ def test_large_session_lists_in_pages_under_limit(daemon: Daemon) -> None:
 def test_resume_without_state_under_default_limit(daemon: Daemon) -> None:
     # Records alone never make a response pass gRPC's default 4 MiB limit.
     with Client(daemon.address) as client:
-        session = client.create_session("/photos/big.jpg", "make the sky dramatic")
-        for start in range(0, ENTITY_COUNT, 150):
-            entities = [
-                {"entity_id": f"object_{n}", "label": LABEL, "confidence": 0.5}
-                for n in range(start, start + 150)
-            ]
-            client.batch_create_entities(session.id, entities)
+        session_id = add_entities(client)
     with grpc.insecure_channel(daemon.address) as channel:
         stub = session_pb2_grpc.SessionServiceStub(channel)
-        resumed = stub.ResumeSession(pb.ResumeSessionRequest(id=session.id))
+        resumed = stub.ResumeSession(pb.ResumeSessionRequest(id=session_id))
         seen = [entity.entity_id for entity in resumed.entities]
         token = resumed.entities_next_page_token
         while token:
             page = stub.ListEntities(
-                pb.ListEntitiesRequest(session_id=session.id, page_token=token)
+                pb.ListEntitiesRequest(session_id=session_id, page_token=token)
             )
             seen += [entity.entity_id for entity in page.entities]
             token = page.next_page_token
