@@ -101,10 +101,10 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         # Reads and writes run in two tasks, the way a server that keeps
-        # reading while earlier updates commit is built.
-        acks: asyncio.Queue[state_pb2.StreamStateUpdatesResponse | None] = (
-            asyncio.Queue()
-        )
+        # reading while earlier updates commit is built. Like the daemon, a
+        # response also acknowledges the updates read after it that were sent
+        # with combine_acknowledgement, in its applied_sequences.
+        acks: asyncio.Queue[tuple[int, int, bool] | None] = asyncio.Queue()
 
         async def read() -> None:
             while True:
@@ -113,17 +113,32 @@ class EchoStateService(state_pb2_grpc.StateServiceServicer):
                     break
                 self._versions[request.session_id] += 1
                 acks.put_nowait(
-                    state_pb2.StreamStateUpdatesResponse(
-                        sequence=request.sequence,
-                        version=self._versions[request.session_id],
+                    (
+                        request.sequence,
+                        self._versions[request.session_id],
+                        request.combine_acknowledgement,
                     )
                 )
             acks.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        waiting = acks._queue  # type: ignore[attr-defined]
         try:
             while (ack := await acks.get()) is not None:
-                await context.write(ack)
+                sequences = []
+                versions = []
+                while waiting and waiting[0] is not None and waiting[0][2]:
+                    sequence, version, _ = acks.get_nowait()
+                    sequences.append(sequence)
+                    versions.append(version)
+                await context.write(
+                    state_pb2.StreamStateUpdatesResponse(
+                        sequence=ack[0],
+                        version=ack[1],
+                        applied_sequences=sequences,
+                        applied_versions=versions,
+                    )
+                )
         finally:
             reader.cancel()
 

@@ -111,6 +111,7 @@ async def aio_stream_caller(
                     sequence=sequence,
                     session_id=session_id,
                     merge_patch_json=patch_json(sequence),
+                    combine_acknowledgement=True,
                 )
             )
         await call.done_writing()
@@ -123,6 +124,9 @@ async def aio_stream_caller(
                 tally.error(f"code {ack.code}: {ack.message}")
                 continue
             tally.record(sent.pop(ack.sequence), done)
+            for sequence in ack.applied_sequences:
+                in_flight.release()
+                tally.record(sent.pop(sequence), done)
 
     try:
         await asyncio.gather(write(), read())

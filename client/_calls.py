@@ -450,6 +450,7 @@ def stream_update_request(
         sequence=sequence,
         session_id=session_id,
         request_id=request_id or new_request_id(),
+        combine_acknowledgement=True,
     )
     if document is not None:
         request.document_json = jsondoc.dumps(_require_object(document, "document"))

@@ -71,6 +71,17 @@ class _Acknowledgements:
         else:
             future.set_exception(error_for_code(code, message))
 
+    def resolve_all(self, response: Any) -> None:
+        """Resolve the futures of every update that a response acknowledges,
+        including those in its ``applied_sequences``."""
+        self.resolve(
+            response.sequence, response.version, response.code, response.message
+        )
+        for sequence, version in zip(
+            response.applied_sequences, response.applied_versions, strict=True
+        ):
+            self.resolve(sequence, version, 0, "")
+
     def fail_all(self, error: EditstoreError) -> None:
         with self._lock:
             self.error = error
@@ -116,9 +127,7 @@ class StateUpdateStream:
     def _read(self) -> None:
         try:
             for response in self._call:
-                self._acks.resolve(
-                    response.sequence, response.version, response.code, response.message
-                )
+                self._acks.resolve_all(response)
             error: EditstoreError = Unavailable("the stream ended")
         except grpc.RpcError as rpc_error:
             error = error_from_rpc(rpc_error)
@@ -211,9 +220,7 @@ class AsyncStateUpdateStream:
     async def _read(self) -> None:
         try:
             async for response in self._call:
-                self._acks.resolve(
-                    response.sequence, response.version, response.code, response.message
-                )
+                self._acks.resolve_all(response)
             error: EditstoreError = Unavailable("the stream ended")
         except grpc.RpcError as rpc_error:
             error = error_from_rpc(rpc_error)

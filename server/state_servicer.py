@@ -31,7 +31,10 @@ ENCODED_CHANGES_KEPT = 256
 # of versions at a time.
 CATCH_UP_DOCUMENTS = 4
 UPDATE_BYTES_IN_FLIGHT_FACTOR = 4
-_Pending = tuple[int, "asyncio.Future[Any]", int]
+# An update read and not yet acknowledged: its sequence, the future of its
+# write, its size in bytes, and whether the client let it be acknowledged in
+# the response of an earlier update (combine_acknowledgement).
+_Pending = tuple[int, "asyncio.Future[Any]", int, bool]
 
 
 class _ByteBudget:
@@ -73,6 +76,11 @@ class StreamSlots:
             yield
         finally:
             self.open -= 1
+
+
+def _applied(future: asyncio.Future[Any]) -> bool:
+    """Whether a write's future holds its result, not an error."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _optional(message: Any, field: str) -> int | None:
@@ -199,12 +207,15 @@ class StateServicer:
             )
             reader = asyncio.create_task(self._read_updates(requests, pending, budget))
             counts = self._stats.stream_updates
+            # The item taken from `pending` that could not join the response
+            # before it, answered next.
+            held: list[_Pending | None] = []
             try:
                 while True:
-                    item = await pending.get()
+                    item = held.pop() if held else await pending.get()
                     if item is None:
                         break
-                    sequence, future, size = item
+                    sequence, future, size, _ = item
                     # Under load most updates are committed by the time their
                     # turn comes, and reading the result costs less than an await.
                     try:
@@ -212,28 +223,41 @@ class StateServicer:
                     except errors.StoreError as error:
                         code = code_of(error)
                         counts[code.name] += 1
-                        response = state_pb2.StreamStateUpdatesResponse(
-                            sequence=sequence,
-                            code=code.value[0],
-                            message=str(error),
+                        budget.release(size)
+                        await context.write(
+                            state_pb2.StreamStateUpdatesResponse(
+                                sequence=sequence,
+                                code=code.value[0],
+                                message=str(error),
+                            )
                         )
-                    else:
-                        counts["OK"] += 1
-                        response = state_pb2.StreamStateUpdatesResponse(
-                            sequence=sequence, version=result["version"]
-                        )
+                        continue
+                    counts["OK"] += 1
                     budget.release(size)
+                    response = state_pb2.StreamStateUpdatesResponse(
+                        sequence=sequence, version=result["version"]
+                    )
+                    # A response costs the event loop about as much as reading
+                    # an update. So when the client allows it, this response
+                    # also acknowledges the updates after it that are applied.
+                    while not pending.empty():
+                        after = pending.get_nowait()
+                        if after is None or not after[3] or not _applied(after[1]):
+                            held.append(after)
+                            break
+                        response.applied_sequences.append(after[0])
+                        response.applied_versions.append(after[1].result()["version"])
+                        counts["OK"] += 1
+                        budget.release(after[2])
                     await context.write(response)
                 await reader
             finally:
                 reader.cancel()
                 # Updates read but not acknowledged have no one to tell:
                 # cancelling them lets the writer skip them.
-                unacknowledged = []
                 while not pending.empty():
-                    item = pending.get_nowait()
-                    if item is not None:
-                        unacknowledged.append(item[1])
+                    held.append(pending.get_nowait())
+                unacknowledged = [item[1] for item in held if item is not None]
                 self._writer.cancel_all(unacknowledged)
 
     async def _read_updates(
@@ -247,7 +271,12 @@ class StateServicer:
                 size = update.ByteSize()
                 await budget.acquire(size)
                 await pending.put(
-                    (update.sequence, self._start_update(update, pending), size)
+                    (
+                        update.sequence,
+                        self._start_update(update, pending),
+                        size,
+                        update.combine_acknowledgement,
+                    )
                 )
         finally:
             await pending.put(None)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from editstore.v1 import session_pb2 as editstore_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64itstore/v1/state.proto\x12\x0c\x65\x64itstore.v1\x1a\x1a\x65\x64itstore/v1/session.proto\"%\n\x0fGetStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x84\x01\n\x0fPutStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rdocument_json\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x13\n\x11_expected_version\"\x89\x01\n\x11PatchStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10merge_patch_json\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x13\n\x11_expected_version\"X\n\x18ListStateVersionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"g\n\x19ListStateVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.editstore.v1.StateDocument\x12\x1b\n\x13oldest_kept_version\x18\x02 \x01(\x03\"\xc8\x01\n\x19StreamStateUpdatesRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\rdocument_json\x18\x03 \x01(\tH\x00\x12\x1a\n\x10merge_patch_json\x18\x04 \x01(\tH\x00\x12\x1d\n\x10\x65xpected_version\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06\x63hangeB\x13\n\x11_expected_version\"^\n\x1aStreamStateUpdatesResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"=\n\x11WatchStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\"\x86\x01\n\x12WatchStateResponse\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.editstore.v1.WatchEventType\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.editstore.v1.StateDocument\x12\x18\n\x10merge_patch_json\x18\x03 \x01(\t*\xd7\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1b\n\x17WATCH_EVENT_TYPE_CHANGE\x10\x02\x12!\n\x1dWATCH_EVENT_TYPE_HISTORY_LOST\x10\x03\x12\x1e\n\x1aWATCH_EVENT_TYPE_HEARTBEAT\x10\x04\x12$\n WATCH_EVENT_TYPE_SESSION_DELETED\x10\x05\x32\x90\x04\n\x0cStateService\x12\x46\n\x08GetState\x12\x1d.editstore.v1.GetStateRequest\x1a\x1b.editstore.v1.StateDocument\x12\x46\n\x08PutState\x12\x1d.editstore.v1.PutStateRequest\x1a\x1b.editstore.v1.StateDocument\x12J\n\nPatchState\x12\x1f.editstore.v1.PatchStateRequest\x1a\x1b.editstore.v1.StateDocument\x12\x64\n\x11ListStateVersions\x12&.editstore.v1.ListStateVersionsRequest\x1a\'.editstore.v1.ListStateVersionsResponse\x12k\n\x12StreamStateUpdates\x12\'.editstore.v1.StreamStateUpdatesRequest\x1a(.editstore.v1.StreamStateUpdatesResponse(\x01\x30\x01\x12Q\n\nWatchState\x12\x1f.editstore.v1.WatchStateRequest\x1a .editstore.v1.WatchStateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64itstore/v1/state.proto\x12\x0c\x65\x64itstore.v1\x1a\x1a\x65\x64itstore/v1/session.proto\"%\n\x0fGetStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x84\x01\n\x0fPutStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rdocument_json\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x13\n\x11_expected_version\"\x89\x01\n\x11PatchStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10merge_patch_json\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x13\n\x11_expected_version\"X\n\x18ListStateVersionsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"g\n\x19ListStateVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.editstore.v1.StateDocument\x12\x1b\n\x13oldest_kept_version\x18\x02 \x01(\x03\"\xe9\x01\n\x19StreamStateUpdatesRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\rdocument_json\x18\x03 \x01(\tH\x00\x12\x1a\n\x10merge_patch_json\x18\x04 \x01(\tH\x00\x12\x1d\n\x10\x65xpected_version\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1f\n\x17\x63ombine_acknowledgement\x18\x07 \x01(\x08\x42\x08\n\x06\x63hangeB\x13\n\x11_expected_version\"\x93\x01\n\x1aStreamStateUpdatesResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x19\n\x11\x61pplied_sequences\x18\x05 \x03(\x03\x12\x18\n\x10\x61pplied_versions\x18\x06 \x03(\x03\"=\n\x11WatchStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\"\x86\x01\n\x12WatchStateResponse\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.editstore.v1.WatchEventType\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.editstore.v1.StateDocument\x12\x18\n\x10merge_patch_json\x18\x03 \x01(\t*\xd7\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1b\n\x17WATCH_EVENT_TYPE_CHANGE\x10\x02\x12!\n\x1dWATCH_EVENT_TYPE_HISTORY_LOST\x10\x03\x12\x1e\n\x1aWATCH_EVENT_TYPE_HEARTBEAT\x10\x04\x12$\n WATCH_EVENT_TYPE_SESSION_DELETED\x10\x05\x32\x90\x04\n\x0cStateService\x12\x46\n\x08GetState\x12\x1d.editstore.v1.GetStateRequest\x1a\x1b.editstore.v1.StateDocument\x12\x46\n\x08PutState\x12\x1d.editstore.v1.PutStateRequest\x1a\x1b.editstore.v1.StateDocument\x12J\n\nPatchState\x12\x1f.editstore.v1.PatchStateRequest\x1a\x1b.editstore.v1.StateDocument\x12\x64\n\x11ListStateVersions\x12&.editstore.v1.ListStateVersionsRequest\x1a\'.editstore.v1.ListStateVersionsResponse\x12k\n\x12StreamStateUpdates\x12\'.editstore.v1.StreamStateUpdatesRequest\x1a(.editstore.v1.StreamStateUpdatesResponse(\x01\x30\x01\x12Q\n\nWatchState\x12\x1f.editstore.v1.WatchStateRequest\x1a .editstore.v1.WatchStateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'editstore.v1.state_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHEVENTTYPE']._serialized_start=1079
-  _globals['_WATCHEVENTTYPE']._serialized_end=1294
+  _globals['_WATCHEVENTTYPE']._serialized_start=1166
+  _globals['_WATCHEVENTTYPE']._serialized_end=1381
   _globals['_GETSTATEREQUEST']._serialized_start=70
   _globals['_GETSTATEREQUEST']._serialized_end=107
   _globals['_PUTSTATEREQUEST']._serialized_start=110
@@ -45,13 +45,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSTATEVERSIONSRESPONSE']._serialized_start=474
   _globals['_LISTSTATEVERSIONSRESPONSE']._serialized_end=577
   _globals['_STREAMSTATEUPDATESREQUEST']._serialized_start=580
-  _globals['_STREAMSTATEUPDATESREQUEST']._serialized_end=780
-  _globals['_STREAMSTATEUPDATESRESPONSE']._serialized_start=782
-  _globals['_STREAMSTATEUPDATESRESPONSE']._serialized_end=876
-  _globals['_WATCHSTATEREQUEST']._serialized_start=878
-  _globals['_WATCHSTATEREQUEST']._serialized_end=939
-  _globals['_WATCHSTATERESPONSE']._serialized_start=942
-  _globals['_WATCHSTATERESPONSE']._serialized_end=1076
-  _globals['_STATESERVICE']._serialized_start=1297
-  _globals['_STATESERVICE']._serialized_end=1825
+  _globals['_STREAMSTATEUPDATESREQUEST']._serialized_end=813
+  _globals['_STREAMSTATEUPDATESRESPONSE']._serialized_start=816
+  _globals['_STREAMSTATEUPDATESRESPONSE']._serialized_end=963
+  _globals['_WATCHSTATEREQUEST']._serialized_start=965
+  _globals['_WATCHSTATEREQUEST']._serialized_end=1026
+  _globals['_WATCHSTATERESPONSE']._serialized_start=1029
+  _globals['_WATCHSTATERESPONSE']._serialized_end=1163
+  _globals['_STATESERVICE']._serialized_start=1384
+  _globals['_STATESERVICE']._serialized_end=1912
 # @@protoc_insertion_point(module_scope)

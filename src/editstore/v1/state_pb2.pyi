@@ -72,32 +72,38 @@ class ListStateVersionsResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[_session_pb2.StateDocument, _Mapping]]] = ..., oldest_kept_version: _Optional[int] = ...) -> None: ...
 
 class StreamStateUpdatesRequest(_message.Message):
-    __slots__ = ("sequence", "session_id", "document_json", "merge_patch_json", "expected_version", "request_id")
+    __slots__ = ("sequence", "session_id", "document_json", "merge_patch_json", "expected_version", "request_id", "combine_acknowledgement")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
     MERGE_PATCH_JSON_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    COMBINE_ACKNOWLEDGEMENT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     session_id: str
     document_json: str
     merge_patch_json: str
     expected_version: int
     request_id: str
-    def __init__(self, sequence: _Optional[int] = ..., session_id: _Optional[str] = ..., document_json: _Optional[str] = ..., merge_patch_json: _Optional[str] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    combine_acknowledgement: bool
+    def __init__(self, sequence: _Optional[int] = ..., session_id: _Optional[str] = ..., document_json: _Optional[str] = ..., merge_patch_json: _Optional[str] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ..., combine_acknowledgement: _Optional[bool] = ...) -> None: ...
 
 class StreamStateUpdatesResponse(_message.Message):
-    __slots__ = ("sequence", "version", "code", "message")
+    __slots__ = ("sequence", "version", "code", "message", "applied_sequences", "applied_versions")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     version: int
     code: int
     message: str
-    def __init__(self, sequence: _Optional[int] = ..., version: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    applied_sequences: _containers.RepeatedScalarFieldContainer[int]
+    applied_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sequence: _Optional[int] = ..., version: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., applied_sequences: _Optional[_Iterable[int]] = ..., applied_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WatchStateRequest(_message.Message):
     __slots__ = ("session_id", "from_version")
