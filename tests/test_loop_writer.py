@@ -96,3 +96,38 @@ def test_small_batches_never_wait(
         return batches
 
     assert asyncio.run(scenario()) == list(range(10)) + [0, 1] + [0, 0, 0, 1, 1]
+
+
+async def batch_sizes(
+    database: peewee.Database, sources: list[object | None]
+) -> list[int]:
+    """Queue one write per entry of ``sources`` at once, each from that
+    stream (None: a unary call); return the size of each batch in order."""
+    loop_writer = writer.LoopWriter(database)
+    loop_writer.start()
+    mark = marking(database, loop_writer)
+    futures = [loop_writer.enqueue(mark, source=source) for source in sources]
+    batches = list(await asyncio.gather(*futures))
+    await asyncio.to_thread(loop_writer.stop, 30)
+    return [batches.count(number) for number in sorted(set(batches))]
+
+
+def test_stream_updates_alone_fill_large_batches(database: peewee.Database) -> None:
+    streams = [object() for _ in range(8)]
+    sources: list[object | None] = [streams[index % 8] for index in range(1100)]
+
+    sizes = asyncio.run(batch_sizes(database, sources))
+
+    assert sizes == [512, 512, 76]
+
+
+def test_unary_write_keeps_its_batch_small(database: peewee.Database) -> None:
+    stream = object()
+    sources: list[object | None] = [stream] * 1100
+    sources[300] = None
+
+    sizes = asyncio.run(batch_sizes(database, sources))
+
+    # Batches take 128 writes while the unary write, the 301st, is among the
+    # next 512 queued; once it is committed, they take 512 again.
+    assert sizes == [128, 128, 128, 512, 204]

@@ -157,6 +157,95 @@ def test_update_stream_reports_failed_update_and_goes_on(
     assert parsed(current) == {"a": 1, "b": 2, "c": 3}
 
 
+def acknowledged(
+    acks: list[state_pb2.StreamStateUpdatesResponse],
+) -> list[tuple[int, int, int]]:
+    """Return (sequence, version, code) of every update the responses
+    acknowledge, in the order the responses list them."""
+    outcomes = []
+    for ack in acks:
+        outcomes.append((ack.sequence, ack.version, ack.code))
+        outcomes += [
+            (sequence, version, OK)
+            for sequence, version in zip(
+                ack.applied_sequences, ack.applied_versions, strict=True
+            )
+        ]
+    return outcomes
+
+
+def test_combined_acknowledgements_cover_each_update_once(
+    channel: grpc.Channel,
+) -> None:
+    client = Client(channel)
+    session_id = client.create_session()
+    updates = [
+        update(step, session_id, patch={"step": step}, combine_acknowledgement=True)
+        for step in range(1, 301)
+    ]
+
+    acks = stream(channel, updates)
+
+    assert acknowledged(acks) == [(step, step, OK) for step in range(1, 301)]
+    # 300 updates sent at once commit in few batches, so most responses
+    # acknowledge several of them.
+    assert len(acks) < 150
+    assert client.get(session_id).version == 300
+    assert parsed(client.get(session_id)) == {"step": 300}
+
+
+def test_combined_acknowledgements_give_failures_their_own_response(
+    channel: grpc.Channel,
+) -> None:
+    client = Client(channel)
+    session_id = client.create_session()
+    failing = {50, 51, 120}
+    updates = [
+        update(
+            step,
+            session_id,
+            patch='{"step": NaN}' if step in failing else {"step": step},
+            combine_acknowledgement=True,
+        )
+        for step in range(1, 201)
+    ]
+
+    acks = stream(channel, updates)
+
+    outcomes = acknowledged(acks)
+    assert [sequence for sequence, _, _ in outcomes] == list(range(1, 201))
+    codes = {sequence: code for sequence, _, code in outcomes}
+    assert {sequence for sequence, code in codes.items() if code != OK} == failing
+    assert all(codes[sequence] == INVALID_ARGUMENT for sequence in failing)
+    applied = [version for sequence, version, _ in outcomes if sequence not in failing]
+    assert applied == list(range(1, 198))
+    for ack in acks:
+        if ack.code != OK:
+            assert list(ack.applied_sequences) == []
+            assert "merge_patch_json" in ack.message
+        assert not failing & set(ack.applied_sequences)
+    assert client.get(session_id).version == 197
+
+
+def test_updates_without_combine_get_one_response_each(
+    channel: grpc.Channel,
+) -> None:
+    client = Client(channel)
+    session_id = client.create_session()
+    updates = [
+        update(step, session_id, patch={"step": step}, combine_acknowledgement=step > 100)
+        for step in range(1, 201)
+    ]
+
+    acks = stream(channel, updates)
+
+    assert acknowledged(acks) == [(step, step, OK) for step in range(1, 201)]
+    # An update sent without the flag is never acknowledged in another's
+    # response; the first 100 so each have their own.
+    assert [ack.sequence for ack in acks[:100]] == list(range(1, 101))
+    assert all(not set(ack.applied_sequences) & set(range(1, 101)) for ack in acks)
+
+
 def test_update_stream_reads_ahead_while_updates_commit(
     channel: grpc.Channel,
 ) -> None:

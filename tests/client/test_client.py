@@ -361,6 +361,18 @@ def test_list_state_versions(client: Client) -> None:
     assert [v.version for v in later.versions] == [4]
 
 
+def test_state_stream_resolves_combined_acknowledgements(client: Client) -> None:
+    session = make_session(client)
+    with client.open_state_stream() as stream:
+        futures = [stream.send_patch(session.id, {"step": i}) for i in range(300)]
+        results = [future.result(timeout=30) for future in futures]
+    # The daemon acknowledges most of these in the responses of earlier ones;
+    # each future still gets its own update's sequence and version.
+    assert [result.version for result in results] == list(range(1, 301))
+    assert [result.sequence for result in results] == list(range(1, 301))
+    assert client.get_state(session.id).document == {"step": 299}
+
+
 def test_state_stream_acknowledges_each_update(client: Client) -> None:
     session = make_session(client)
     with client.open_state_stream() as stream:
