@@ -136,7 +136,8 @@ class StateServiceServicer:
     def StreamStateUpdates(self, request_iterator, context):
         """Applies many updates sent on one stream, in the order sent, and
         acknowledges each once it is durable. The server keeps reading while
-        earlier updates commit. An update that fails is acknowledged with its
+        earlier updates commit. Updates sent with combine_acknowledgement may
+        be acknowledged together, in one response's applied_sequences. An update that fails is acknowledged with its
         error and the stream goes on. After an update fails with UNAVAILABLE,
         or with RESOURCE_EXHAUSTED because the database is full, every later
         update on the same stream fails with UNAVAILABLE and is not applied:
