@@ -378,6 +378,8 @@ def run_together(
     change writes nothing; a database error is raised and fails them all.
     """
     sessions = _load(list(dict.fromkeys(change.session_id for change in changes)))
+    # The changes commit together, so they share one time.
+    now = utc_now()
     outcomes: list[tuple[bool, Any]] = []
     rows: list[tuple[Any, ...]] = []
     for change in changes:
@@ -404,7 +406,6 @@ def run_together(
         except StoreError as error:
             outcomes.append((False, error))
             continue
-        now = utc_now()
         session.version += 1
         session.text = text
         session.document = document

@@ -599,9 +599,7 @@ class LoopWriter(Writer):
             return
         size = self._batch_limit()
         batch = [
-            request
-            for request in self._queue[:size]
-            if not request.future.cancelled()
+            request for request in self._queue[:size] if not request.future.cancelled()
         ]
         del self._queue[:size]
         if not batch:

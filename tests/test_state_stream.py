@@ -233,7 +233,9 @@ def test_updates_without_combine_get_one_response_each(
     client = Client(channel)
     session_id = client.create_session()
     updates = [
-        update(step, session_id, patch={"step": step}, combine_acknowledgement=step > 100)
+        update(
+            step, session_id, patch={"step": step}, combine_acknowledgement=step > 100
+        )
         for step in range(1, 201)
     ]
 
