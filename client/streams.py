@@ -30,6 +30,7 @@ import grpc
 from editstore.client import _calls
 from editstore.client.errors import (
     EditstoreError,
+    Internal,
     Unavailable,
     error_for_code,
     error_from_rpc,
@@ -41,6 +42,8 @@ __all__ = ["AsyncStateUpdateStream", "StateUpdateStream"]
 logger = logging.getLogger(__name__)
 
 _END = object()
+# Seconds a failed write waits for the stream's reader to see how it ended.
+STREAM_END_WAIT = 5.0
 
 
 class _Acknowledgements:
@@ -67,9 +70,9 @@ class _Acknowledgements:
             logger.warning("acknowledgement for unknown sequence %s", sequence)
             return
         if code == 0:
-            future.set_result(StateUpdateResult(sequence=sequence, version=version))
+            _settle(future, StateUpdateResult(sequence=sequence, version=version))
         else:
-            future.set_exception(error_for_code(code, message))
+            _settle(future, error_for_code(code, message))
 
     def resolve_all(self, response: Any) -> None:
         """Resolve the futures of every update that a response acknowledges,
@@ -88,8 +91,40 @@ class _Acknowledgements:
             waiting = list(self._waiting.values())
             self._waiting.clear()
         for future in waiting:
-            if not future.done():
-                future.set_exception(error)
+            _settle(future, error)
+
+    def forget(self, sequence: int) -> None:
+        """Drop the future of an update that was never sent."""
+        with self._lock:
+            self._waiting.pop(sequence, None)
+
+
+def _stream_error(rpc_error: grpc.RpcError) -> EditstoreError:
+    """Return the error of a stream that ended with ``rpc_error``.
+
+    The daemon never ends a call with INTERNAL, so an INTERNAL status comes
+    from the connection breaking, as when the daemon is killed. It becomes
+    `Unavailable`, like other lost connections, so the caller resends.
+    """
+    error = error_from_rpc(rpc_error)
+    if isinstance(error, Internal):
+        return Unavailable(f"the stream broke: {error.message}")
+    return error
+
+
+def _settle(future: Any, outcome: StateUpdateResult | EditstoreError) -> None:
+    """Set a future's result or error, unless its caller cancelled it (for
+    example ``asyncio.wait_for`` on a timeout): the updates after it are
+    still resolved."""
+    if future.done():
+        return
+    try:
+        if isinstance(outcome, EditstoreError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+        pass  # cancelled meanwhile, by another thread
 
 
 class StateUpdateStream:
@@ -130,7 +165,7 @@ class StateUpdateStream:
                 self._acks.resolve_all(response)
             error: EditstoreError = Unavailable("the stream ended")
         except grpc.RpcError as rpc_error:
-            error = error_from_rpc(rpc_error)
+            error = _stream_error(rpc_error)
         self._acks.fail_all(error)
 
     def send_patch(
@@ -223,7 +258,7 @@ class AsyncStateUpdateStream:
                 self._acks.resolve_all(response)
             error: EditstoreError = Unavailable("the stream ended")
         except grpc.RpcError as rpc_error:
-            error = error_from_rpc(rpc_error)
+            error = _stream_error(rpc_error)
         self._acks.fail_all(error)
 
     async def send_patch(
@@ -270,14 +305,42 @@ class AsyncStateUpdateStream:
             asyncio.get_running_loop().create_future()
         )
         sequence = self._acks.register(future)
-        request = _calls.stream_update_request(
-            sequence, session_id, document, patch, expected_version, request_id
-        )
         try:
+            request = _calls.stream_update_request(
+                sequence, session_id, document, patch, expected_version, request_id
+            )
             await self._call.write(request)
         except grpc.RpcError as rpc_error:
-            raise error_from_rpc(rpc_error) from rpc_error
+            self._discard(sequence, future)
+            raise await self._ended(_stream_error(rpc_error)) from rpc_error
+        except BaseException:
+            self._discard(sequence, future)
+            raise
         return future
+
+    def _discard(self, sequence: int, future: asyncio.Future[Any]) -> None:
+        """Drop the future of an update whose write failed; the caller gets
+        the error from ``_send`` instead."""
+        self._acks.forget(sequence)
+        if future.done():
+            # The reader failed it meanwhile; reading the error keeps asyncio
+            # from logging it as never retrieved.
+            future.exception()
+        else:
+            future.cancel()
+
+    async def _ended(self, write_error: EditstoreError) -> EditstoreError:
+        """Return why the stream ended, once a write on it failed.
+
+        A write on a call that has just failed can raise INTERNAL ("Internal
+        error from Core") where the call itself ended with UNAVAILABLE. The
+        reader sees the call's own status, so this waits for it briefly.
+        """
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reader), STREAM_END_WAIT)
+        except TimeoutError:
+            return write_error
+        return self._acks.error or write_error
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop sending and wait up to ``timeout`` s for the last acks."""

@@ -37,23 +37,35 @@ UPDATE_BYTES_IN_FLIGHT_FACTOR = 4
 _Pending = tuple[int, "asyncio.Future[Any]", int, bool]
 
 
-class _ByteBudget:
-    """Bytes of updates in flight on one stream, waited on when over the limit."""
+class _InFlight:
+    """The updates of one stream read and not yet acknowledged, counted in
+    updates and in bytes; reading waits while either is at its limit.
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._used = 0
+    An update is started only after ``acquire`` returns, and is then queued
+    at once. So every started update is in the queue that the stream's
+    ``finally`` cancels, however the stream ends.
+    """
+
+    def __init__(self, max_updates: int, max_bytes: int) -> None:
+        self._max_updates = max_updates
+        self._max_bytes = max_bytes
+        self._updates = 0
+        self._bytes = 0
         self._released = asyncio.Event()
 
     async def acquire(self, size: int) -> None:
         # One update is always let through, so no size can stall the stream.
-        while self._used and self._used + size > self._limit:
+        while self._updates and (
+            self._updates >= self._max_updates or self._bytes + size > self._max_bytes
+        ):
             self._released.clear()
             await self._released.wait()
-        self._used += size
+        self._updates += 1
+        self._bytes += size
 
     def release(self, size: int) -> None:
-        self._used -= size
+        self._updates -= 1
+        self._bytes -= size
         self._released.set()
 
 
@@ -79,7 +91,7 @@ class StreamSlots:
 
 
 def _applied(future: asyncio.Future[Any]) -> bool:
-    """Whether a write's future holds its result, not an error."""
+    """Return whether a write's future contains its result, not an error."""
     return future.done() and not future.cancelled() and future.exception() is None
 
 
@@ -199,27 +211,34 @@ class StateServicer:
         self, requests: handlers.RequestReader, context: Context
     ) -> None:
         with self._slots.hold("StreamStateUpdates"):
-            pending: asyncio.Queue[_Pending | None] = asyncio.Queue(
-                MAX_UPDATES_IN_FLIGHT
-            )
-            budget = _ByteBudget(
-                UPDATE_BYTES_IN_FLIGHT_FACTOR * self._limits.max_document_bytes
+            pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
+            budget = _InFlight(
+                MAX_UPDATES_IN_FLIGHT,
+                UPDATE_BYTES_IN_FLIGHT_FACTOR * self._limits.max_document_bytes,
             )
             reader = asyncio.create_task(self._read_updates(requests, pending, budget))
             counts = self._stats.stream_updates
-            # The item taken from `pending` that could not join the response
-            # before it, answered next.
-            held: list[_Pending | None] = []
+            # An item taken from `pending` that could not join the previous
+            # response; it is acknowledged next.
+            taken: list[_Pending | None] = []
+            item: _Pending | None = None
             try:
                 while True:
-                    item = held.pop() if held else await pending.get()
+                    item = taken.pop() if taken else await pending.get()
                     if item is None:
                         break
                     sequence, future, size, _ = item
                     # Under load most updates are committed by the time their
                     # turn comes, and reading the result costs less than an await.
+                    # The shield keeps a cancelled stream from cancelling this
+                    # update alone: `finally` cancels it with the later ones at
+                    # once, so the writer never applies a later one without it.
                     try:
-                        result = future.result() if future.done() else await future
+                        result = (
+                            future.result()
+                            if future.done()
+                            else await asyncio.shield(future)
+                        )
                     except errors.StoreError as error:
                         code = code_of(error)
                         counts[code.name] += 1
@@ -243,7 +262,7 @@ class StateServicer:
                     while not pending.empty():
                         after = pending.get_nowait()
                         if after is None or not after[3] or not _applied(after[1]):
-                            held.append(after)
+                            taken.append(after)
                             break
                         response.applied_sequences.append(after[0])
                         response.applied_versions.append(after[1].result()["version"])
@@ -255,22 +274,24 @@ class StateServicer:
                 reader.cancel()
                 # Updates read but not acknowledged have no one to tell:
                 # cancelling them lets the writer skip them.
+                taken.append(item)
                 while not pending.empty():
-                    held.append(pending.get_nowait())
-                unacknowledged = [item[1] for item in held if item is not None]
+                    taken.append(pending.get_nowait())
+                unacknowledged = [left[1] for left in taken if left is not None]
                 self._writer.cancel_all(unacknowledged)
 
     async def _read_updates(
         self,
         requests: handlers.RequestReader,
         pending: asyncio.Queue[_Pending | None],
-        budget: _ByteBudget,
+        budget: _InFlight,
     ) -> None:
         try:
             while (update := await requests.read()) is not None:
                 size = update.ByteSize()
                 await budget.acquire(size)
-                await pending.put(
+                # No await between starting the update and queueing it.
+                pending.put_nowait(
                     (
                         update.sequence,
                         self._start_update(update, pending),
@@ -279,7 +300,7 @@ class StateServicer:
                     )
                 )
         finally:
-            await pending.put(None)
+            pending.put_nowait(None)
 
     # Watches
 

@@ -7,7 +7,9 @@ google.rpc.Code: 0 when it was applied, else the code PatchState would return.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -415,3 +417,67 @@ def test_stream_near_size_limit_keeps_every_version_exact(
         history += [json.loads(state.document_json) for state in page]
     assert history == versions
     assert parsed(client.get(session_id)) == document
+
+
+@contextlib.contextmanager
+def writes_held(daemon: Daemon, session_id: str) -> Iterator[None]:
+    """Keep the daemon's writer from committing until the block ends: another
+    connection holds SQLite's write lock, or PostgreSQL's lock on the
+    session's row."""
+    url = daemon.database_url
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(
+            url.removeprefix("sqlite:///"), isolation_level=None
+        )
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    import psycopg2
+
+    pg_connection = psycopg2.connect(url)
+    try:
+        pg_connection.cursor().execute(
+            "SELECT id FROM sessions WHERE id = %s FOR UPDATE", (session_id,)
+        )
+        yield
+    finally:
+        pg_connection.rollback()
+        pg_connection.close()
+
+
+def test_cancelled_stream_applies_only_a_prefix(daemon: Daemon) -> None:
+    # More updates than a stream keeps in flight (1024 under the default
+    # document size limit): the reader waits for room with the rest unread
+    # when the stream is cancelled. None of the updates is acknowledged, so
+    # any prefix of them may be applied, and nothing after one that was not.
+    channel = grpc.insecure_channel(daemon.address)
+    client = Client(channel)
+    session_id = client.create_session()
+    sent = 1100
+    stub = state_pb2_grpc.StateServiceStub(channel)
+
+    with writes_held(daemon, session_id):
+        ready = threading.Event()
+
+        def updates() -> Iterator[state_pb2.StreamStateUpdatesRequest]:
+            for step in range(1, sent + 1):
+                yield update(step, session_id, patch={f"k{step}": 1})
+            ready.set()
+            time.sleep(60)
+
+        call = stub.StreamStateUpdates(updates(), timeout=60)
+        assert ready.wait(30)
+        time.sleep(1.0)  # the daemon reads up to its limit meanwhile
+        call.cancel()
+        time.sleep(0.5)
+
+    time.sleep(1.0)
+    stored = client.get(session_id)
+    applied = sorted(int(key[1:]) for key in parsed(stored)) if stored.version else []
+    channel.close()
+    assert applied == list(range(1, len(applied) + 1))
+    assert stored.version == len(applied)

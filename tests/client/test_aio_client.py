@@ -17,10 +17,12 @@ from editstore.client import (
     InvalidArgument,
     NotFound,
     SessionStatus,
+    Unavailable,
     WatchEvent,
     WatchEventType,
 )
 from tests.daemon import Daemon
+from tests.test_state_stream import writes_held
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,5 +146,43 @@ def test_async_state_stream_and_watch(daemon: Daemon) -> None:
                 range(1, 21)
             )
             assert events[-1].type == WatchEventType.SESSION_DELETED
+
+    asyncio.run(scenario())
+
+
+def test_async_stream_cancelled_future_leaves_others_resolving(
+    daemon: Daemon,
+) -> None:
+    async def scenario() -> list[int]:
+        async with AsyncClient(daemon.address) as client:
+            session = await client.create_session("/p/1.png", "make it snow")
+            async with client.open_state_stream() as stream:
+                with writes_held(daemon, session.id):
+                    futures = [
+                        await stream.send_patch(session.id, {"step": i})
+                        for i in range(20)
+                    ]
+                    # A timed-out wait cancels the future it waited for.
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(futures[10], 0.01)
+                results = await asyncio.wait_for(asyncio.gather(*futures[11:]), 30)
+                assert futures[10].cancelled()
+                return [result.version for result in results]
+
+    assert asyncio.run(scenario()) == list(range(12, 21))
+
+
+def test_async_stream_send_after_daemon_killed_is_unavailable(
+    daemon: Daemon,
+) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(daemon.address) as client:
+            session = await client.create_session("/p/1.png", "make it snow")
+            stream = client.open_state_stream()
+            assert (await stream.patch(session.id, {"step": 1})).version == 1
+            daemon.kill()
+            with pytest.raises(Unavailable):
+                await asyncio.wait_for(stream.patch(session.id, {"step": 2}), 30)
+            await stream.close(timeout=5)
 
     asyncio.run(scenario())

@@ -30,6 +30,7 @@ from editstore.client import (
     WatchEventType,
 )
 from tests.daemon import Daemon
+from tests.test_state_stream import writes_held
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -534,3 +535,20 @@ def test_state_stream_fails_pending_updates_when_daemon_dies(daemon: Daemon) -> 
                 stream.send_patch(session.id, {"step": 2}).result(timeout=30)
         finally:
             stream.close(timeout=5)
+
+
+def test_cancelled_stream_future_leaves_others_resolving(daemon: Daemon) -> None:
+    with Client(daemon.address, timeout=10) as client:
+        session = make_session(client)
+        with client.open_state_stream() as stream:
+            # Nothing commits while the lock is held, so future 10 is still
+            # pending when its caller cancels it.
+            with writes_held(daemon, session.id):
+                futures = [
+                    stream.send_patch(session.id, {"step": i}) for i in range(20)
+                ]
+                assert futures[10].cancel()
+            results = [future.result(timeout=30) for future in futures[11:]]
+    assert futures[10].cancelled()
+    assert [result.version for result in results] == list(range(12, 21))
+    assert all(future.result(timeout=1).version for future in futures[:10])
