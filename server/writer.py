@@ -60,7 +60,7 @@ Operation = Callable[[list[Any]], T]
 RunTogether = Callable[[list[Any], list[Any]], list[tuple[bool, Any]]]
 MAX_BATCH = 512
 # A LoopWriter batch of stream updates alone takes up to LOOP_MAX_BATCH
-# writes. A batch with any other write among them takes up to
+# writes. While any other write waits, a batch takes up to
 # LOOP_SHARED_BATCH. Larger batches spread a commit's flush over more writes,
 # and each stream response then acknowledges more updates. With py-spy
 # attached, 64 streams made 13,021 updates a second with batches of 512 and
@@ -149,6 +149,66 @@ def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_exception(value)
 
 
+class _WriteQueue:
+    """The writes waiting for a batch: the updates of streams, in the order
+    they came, and beside them the other writes (unary calls, other threads).
+
+    A batch takes the other writes first, since each is a caller waiting for
+    one write, while a stream may have a thousand updates queued. Taken in
+    arrival order, a unary call waited behind all of them: on PostgreSQL,
+    200 unary callers beside 64 streams with 1,000 updates in flight each
+    waited 7.9 s (p50), and 175 ms once taken first. They get at most
+    half of a batch that stream updates are waiting for, so that a crowd of
+    unary callers cannot stall the streams either.
+    """
+
+    def __init__(self) -> None:
+        self._streams: list[_Request] = []
+        self._others: list[_Request] = []
+
+    def __len__(self) -> int:
+        return len(self._streams) + len(self._others)
+
+    @property
+    def has_others(self) -> bool:
+        """Whether a write that is not a stream update is waiting."""
+        return bool(self._others)
+
+    def append(self, request: _Request) -> None:
+        if request.source is None:
+            self._others.append(request)
+        else:
+            self._streams.append(request)
+
+    def extend(self, requests: list[_Request]) -> None:
+        for request in requests:
+            self.append(request)
+
+    def take(self, limit: int) -> list[_Request]:
+        """Remove and return up to ``limit`` writes, the other writes first."""
+        others = len(self._others)
+        if self._streams:
+            others = min(others, max(limit // 2, limit - len(self._streams)))
+        batch = self._others[:others]
+        del self._others[:others]
+        rest = limit - len(batch)
+        batch += self._streams[:rest]
+        del self._streams[:rest]
+        return batch
+
+    def put_back(self, batch: list[_Request]) -> None:
+        """Return the writes of a batch that did not run to the front."""
+        self._others[:0] = [request for request in batch if request.source is None]
+        self._streams[:0] = [request for request in batch if request.source is not None]
+
+    def drain(self) -> list[_Request]:
+        """Remove and return every write."""
+        drained = self._others + self._streams
+        self._others = []
+        self._streams = []
+        return drained
+
+
 class Writer:
     """Run every write of the process in group-committed transactions."""
 
@@ -161,7 +221,7 @@ class Writer:
         self._database = database
         self._on_commit = on_commit
         self._max_batch = max_batch
-        self._queue: list[_Request] = []
+        self._queue = _WriteQueue()
         # Requests of the event loop's current pass, not yet handed over.
         self._handover: list[_Request] = []
         self._condition = threading.Condition()
@@ -273,8 +333,7 @@ class Writer:
                         self._condition.wait()
                     if not self._queue:
                         return
-                    batch = self._queue[: self._max_batch]
-                    del self._queue[: self._max_batch]
+                    batch = self._queue.take(self._max_batch)
                     late = self._past_deadline()
                     # A caller that went away (a cancelled call or stream) is
                     # not waiting for its write, so it is dropped rather than
@@ -577,21 +636,17 @@ class LoopWriter(Writer):
         self._loop.call_soon(self._start_batch)
 
     def _fail_queued(self) -> None:
-        queued, self._queue = self._queue, []
+        queued = self._queue.drain()
         self._fail(queued, errors.Unavailable("the daemon stopped first"))
         if not self._busy:
             self._idle.set()
 
     def _batch_limit(self) -> int:
         """Return the number of writes the next batch may take, which is
-        LOOP_SHARED_BATCH when a write that is not a stream update is queued
-        among them."""
-        size = self._max_batch
-        if size > LOOP_SHARED_BATCH and any(
-            request.source is None for request in self._queue[:size]
-        ):
+        LOOP_SHARED_BATCH when a write that is not a stream update waits."""
+        if self._max_batch > LOOP_SHARED_BATCH and self._queue.has_others:
             return LOOP_SHARED_BATCH
-        return size
+        return self._max_batch
 
     def _start_batch(self) -> None:
         self._scheduled = False
@@ -599,9 +654,10 @@ class LoopWriter(Writer):
             return
         size = self._batch_limit()
         batch = [
-            request for request in self._queue[:size] if not request.future.cancelled()
+            request
+            for request in self._queue.take(size)
+            if not request.future.cancelled()
         ]
-        del self._queue[:size]
         if not batch:
             if self._queue:
                 self._schedule()
@@ -683,7 +739,7 @@ class LoopWriter(Writer):
                 )
                 self._fail(expired, translate_database_error(error))
                 batch = [request for request in batch if request.queued_at >= oldest]
-            self._queue[:0] = batch
+            self._queue.put_back(batch)
             self._scheduled = True
             assert self._loop is not None
             self._loop.call_later(0.005, self._start_batch)

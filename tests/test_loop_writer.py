@@ -98,17 +98,21 @@ def test_small_batches_never_wait(
     assert asyncio.run(scenario()) == list(range(10)) + [0, 1] + [0, 0, 0, 1, 1]
 
 
-async def batch_sizes(
+async def batches_by_source(
     database: peewee.Database, sources: list[object | None]
 ) -> list[int]:
     """Queue one write per entry of ``sources`` at once, each from that
-    stream (None: a unary call); return the size of each batch in order."""
+    stream (None: a unary call); return the batch of each write."""
     loop_writer = writer.LoopWriter(database)
     loop_writer.start()
     mark = marking(database, loop_writer)
     futures = [loop_writer.enqueue(mark, source=source) for source in sources]
     batches = list(await asyncio.gather(*futures))
     await asyncio.to_thread(loop_writer.stop, 30)
+    return batches
+
+
+def sizes(batches: list[int]) -> list[int]:
     return [batches.count(number) for number in sorted(set(batches))]
 
 
@@ -116,18 +120,37 @@ def test_stream_updates_alone_fill_large_batches(database: peewee.Database) -> N
     streams = [object() for _ in range(8)]
     sources: list[object | None] = [streams[index % 8] for index in range(1100)]
 
-    sizes = asyncio.run(batch_sizes(database, sources))
+    batches = asyncio.run(batches_by_source(database, sources))
 
-    assert sizes == [512, 512, 76]
+    assert sizes(batches) == [512, 512, 76]
 
 
-def test_unary_write_keeps_its_batch_small(database: peewee.Database) -> None:
+def test_unary_write_goes_first_in_a_small_batch(database: peewee.Database) -> None:
     stream = object()
     sources: list[object | None] = [stream] * 1100
-    sources[300] = None
+    sources[700] = None
 
-    sizes = asyncio.run(batch_sizes(database, sources))
+    batches = asyncio.run(batches_by_source(database, sources))
 
-    # Batches take 128 writes while the unary write, the 301st, is among the
-    # next 512 queued; once it is committed, they take 512 again.
-    assert sizes == [128, 128, 128, 512, 204]
+    # The unary write, queued behind 700 stream updates, is in the first
+    # batch, which takes 128 writes; the rest are stream updates alone.
+    assert batches[700] == 0
+    assert sizes(batches) == [128, 512, 460]
+    stream_batches = batches[:700] + batches[701:]
+    assert stream_batches == sorted(stream_batches)
+
+
+def test_unary_writes_take_half_a_batch_beside_streams(
+    database: peewee.Database,
+) -> None:
+    stream = object()
+    sources: list[object | None] = [None] * 300 + [stream] * 300
+
+    batches = asyncio.run(batches_by_source(database, sources))
+
+    # Each batch of 128 takes 64 unary writes and 64 stream updates, until
+    # one kind runs out.
+    first = batches[:300].count(0), batches[300:].count(0)
+    assert first == (64, 64)
+    assert sorted(batches[:300]) == batches[:300]
+    assert sorted(batches[300:]) == batches[300:]
