@@ -196,6 +196,7 @@ def thread_stream_caller(
                 sequence=sequence,
                 session_id=session_id,
                 merge_patch_json=patch_json(sequence),
+                combine_acknowledgement=True,
             )
 
     try:
@@ -203,12 +204,14 @@ def thread_stream_caller(
             requests(), timeout=CALL_TIMEOUT + tally.end - time.monotonic()
         ):
             done = time.monotonic()
-            in_flight.release()
+            in_flight.release(1 + len(ack.applied_sequences))
             with tally.lock:
                 if ack.code != 0:
                     tally.error(f"code {ack.code}: {ack.message}")
                 else:
                     tally.record(sent.pop(ack.sequence), done)
+                for sequence in ack.applied_sequences:
+                    tally.record(sent.pop(sequence), done)
     except grpc.RpcError as error:
         with tally.lock:
             tally.error(f"{error.code()}: {error.details()}")

@@ -313,6 +313,12 @@ class AsyncStateUpdateStream:
         except grpc.RpcError as rpc_error:
             self._discard(sequence, future)
             raise await self._ended(_stream_error(rpc_error)) from rpc_error
+        except asyncio.InvalidStateError as state_error:
+            # gRPC raises this ("RPC already finished") for a write on a call
+            # that has already ended.
+            self._discard(sequence, future)
+            ended = Unavailable(f"the stream ended: {state_error}")
+            raise await self._ended(ended) from state_error
         except BaseException:
             self._discard(sequence, future)
             raise

@@ -135,9 +135,16 @@ class StateServiceServicer:
 
     def StreamStateUpdates(self, request_iterator, context):
         """Applies many updates sent on one stream, in the order sent, and
-        acknowledges each once it is durable. The server keeps reading while
-        earlier updates commit. Updates sent with combine_acknowledgement may
-        be acknowledged together, in one response's applied_sequences. An update that fails is acknowledged with its
+        acknowledges each once it is durable, in the order sent. The server
+        keeps reading while earlier updates commit, and stops reading while
+        1,024 updates of the stream, or 4 times --max-document-bytes of them,
+        are in flight. Updates sent with
+        combine_acknowledgement may be acknowledged together, in one
+        response's applied_sequences. Sequences need not be unique: responses
+        are matched to updates by their order. After the client half-closes,
+        the server acknowledges the updates left and ends the call with OK. If
+        the stream breaks, an update not yet acknowledged may have been
+        applied: set request_id, and resend with the same one. An update that fails is acknowledged with its
         error and the stream goes on. After an update fails with UNAVAILABLE,
         or with RESOURCE_EXHAUSTED because the database is full, every later
         update on the same stream fails with UNAVAILABLE and is not applied:
