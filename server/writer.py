@@ -343,7 +343,7 @@ class Writer:
                     waiting = [
                         request for request in batch if not request.future.cancelled()
                     ]
-                if late:
+                if late and waiting:
                     logger.warning("dropped %d queued writes at shutdown", len(waiting))
                     self._fail(waiting, errors.Unavailable("the daemon stopped first"))
                 elif waiting:

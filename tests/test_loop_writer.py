@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,3 +156,21 @@ def test_unary_writes_take_half_a_batch_beside_streams(
     assert first == (64, 64)
     assert sorted(batches[:300]) == batches[:300]
     assert sorted(batches[300:]) == batches[300:]
+
+
+def test_shutdown_logs_nothing_for_cancelled_writes(
+    database: peewee.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The thread writer of PostgreSQL, on SQLite here: every queued write was
+    # cancelled by its caller before the stop deadline passed.
+    thread_writer = writer.Writer(database)
+    futures = [thread_writer.submit(lambda events: None) for _ in range(3)]
+    assert all(future.cancel() for future in futures)
+    thread_writer.stop(timeout=0)
+    time.sleep(0.01)  # past the deadline
+    with caplog.at_level(logging.WARNING, logger="editstore.server.writer"):
+        thread_writer.start()
+        thread_writer._thread.join(10)
+
+    assert not thread_writer._thread.is_alive()
+    assert "dropped" not in caplog.text
