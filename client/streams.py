@@ -328,12 +328,12 @@ class AsyncStateUpdateStream:
         """Drop the future of an update whose write failed; the caller gets
         the error from ``_send`` instead."""
         self._acks.forget(sequence)
-        if future.done():
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
             # The reader failed it meanwhile; reading the error keeps asyncio
             # from logging it as never retrieved.
             future.exception()
-        else:
-            future.cancel()
 
     async def _ended(self, write_error: EditstoreError) -> EditstoreError:
         """Return why the stream ended, once a write on it failed.

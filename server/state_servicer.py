@@ -42,8 +42,8 @@ class _InFlight:
     updates and in bytes; reading waits while either is at its limit.
 
     An update is started only after ``acquire`` returns, and is then queued
-    at once. So every started update is in the queue that the stream's
-    ``finally`` cancels, however the stream ends.
+    at once. So the stream tracks every started update, and cancels the
+    unacknowledged ones however it ends.
     """
 
     def __init__(self, max_updates: int, max_bytes: int) -> None:
@@ -218,13 +218,13 @@ class StateServicer:
             )
             reader = asyncio.create_task(self._read_updates(requests, pending, budget))
             counts = self._stats.stream_updates
-            # An item taken from `pending` that could not join the previous
-            # response; it is acknowledged next.
-            taken: list[_Pending | None] = []
+            # The item taken from `pending` that could not join the previous
+            # response, which is acknowledged next.
+            next_items: list[_Pending | None] = []
             item: _Pending | None = None
             try:
                 while True:
-                    item = taken.pop() if taken else await pending.get()
+                    item = next_items.pop() if next_items else await pending.get()
                     if item is None:
                         break
                     sequence, future, size, _ = item
@@ -256,13 +256,13 @@ class StateServicer:
                     response = state_pb2.StreamStateUpdatesResponse(
                         sequence=sequence, version=result["version"]
                     )
-                    # A response costs the event loop about as much as reading
-                    # an update. So when the client allows it, this response
-                    # also acknowledges the updates after it that are applied.
+                    # A response costs the event loop about twice as much as
+                    # reading an update. So when the client allows it, this
+                    # response also acknowledges the applied updates after it.
                     while not pending.empty():
                         after = pending.get_nowait()
                         if after is None or not after[3] or not _applied(after[1]):
-                            taken.append(after)
+                            next_items.append(after)
                             break
                         response.applied_sequences.append(after[0])
                         response.applied_versions.append(after[1].result()["version"])
@@ -274,10 +274,10 @@ class StateServicer:
                 reader.cancel()
                 # Updates read but not acknowledged have no one to tell:
                 # cancelling them lets the writer skip them.
-                taken.append(item)
+                left = [item, *next_items]
                 while not pending.empty():
-                    taken.append(pending.get_nowait())
-                unacknowledged = [left[1] for left in taken if left is not None]
+                    left.append(pending.get_nowait())
+                unacknowledged = [entry[1] for entry in left if entry is not None]
                 self._writer.cancel_all(unacknowledged)
 
     async def _read_updates(

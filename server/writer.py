@@ -186,7 +186,7 @@ class _WriteQueue:
 
     def take(self, limit: int) -> list[_Request]:
         """Remove and return up to ``limit`` writes, the other writes first."""
-        others = len(self._others)
+        others = min(len(self._others), limit)
         if self._streams:
             others = min(others, max(limit // 2, limit - len(self._streams)))
         batch = self._others[:others]

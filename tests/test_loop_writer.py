@@ -158,6 +158,12 @@ def test_unary_writes_take_half_a_batch_beside_streams(
     assert sorted(batches[300:]) == batches[300:]
 
 
+def test_unary_writes_alone_fill_small_batches(database: peewee.Database) -> None:
+    batches = asyncio.run(batches_by_source(database, [None] * 300))
+
+    assert sizes(batches) == [128, 128, 44]
+
+
 def test_shutdown_logs_nothing_for_cancelled_writes(
     database: peewee.Database, caplog: pytest.LogCaptureFixture
 ) -> None:
